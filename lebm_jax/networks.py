@@ -1,0 +1,206 @@
+"""Networks of the latent EBM: the prior tilt f_α and the generator g_β.
+
+Sign convention: every tilt here is a log-density tilt, p_α(z) ∝ exp(f_α(z)) π0(z), so higher f_α means more
+likely; the energy of Pang et al.'s code is E = -f_α.
+
+Image models (`EnergyMLP`, `ConvGenerator`) follow the official code of Pang et al. (2020). The linear-Gaussian
+pair (`QuadraticTilt`, `LinearGenerator`) has closed-form priors, posteriors and evidence (DESIGN.md §4) and is
+what the verification tests plug into the same samplers and objectives.
+
+All modules are used through pure `init` / `apply`; images are NHWC in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": functools.partial(nn.gelu, approximate=False),  # exact erf form, as torch.nn.GELU()
+    "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+    "relu": nn.relu,
+    "swish": nn.swish,
+    "silu": nn.silu,
+    "tanh": jnp.tanh,
+    "softplus": nn.softplus,
+}
+
+# Default channel multipliers of ConvGenerator's base layer and hidden doubling layers, in units of ngf.
+_WIDTH_MULTIPLIERS = (8, 4, 2)
+_GENERATOR_BASES = (4, 7)
+
+
+def _require_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name}={value!r} must be >= 1")
+
+
+def _inner_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Accepts the tree `init` returns ({'params': {...}}) or its inner dict."""
+    return params["params"] if "params" in params else params
+
+
+class EnergyMLP(nn.Module):
+    """Prior tilt f_α(z) = MLP(z), one scalar per latent (higher = more likely; energy E = -f_α).
+
+    `depth` hidden layers Dense(hidden) + activation, then Dense(1), squeezed: z (..., nz) -> (...,).
+    Pang's SVHN net is the default: Linear(nz→200) GELU Linear(200→200) GELU Linear(200→1).
+    """
+
+    hidden: int = 200
+    depth: int = 2
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        _require_positive("hidden", self.hidden)
+        _require_positive("depth", self.depth)
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is not one of {tuple(_ACTIVATIONS)}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        act = _ACTIVATIONS[self.activation]
+        h = z
+        for i in range(self.depth):
+            h = act(nn.Dense(self.hidden, name=f"hidden_{i}")(h))  # (..., hidden)
+        return nn.Dense(1, name="output")(h)[..., 0]
+
+
+def generator_layout(image_size: int) -> tuple[int, int]:
+    """Returns (base, num_doublings) with image_size = base · 2**num_doublings, base ∈ {4, 7}, num_doublings ≥ 1.
+
+    Base 4 gives 8, 16, 32, 64, 128, ...; base 7 gives 14, 28, 56, 112, ... (the two never overlap).
+    """
+    for base in _GENERATOR_BASES:
+        size, doublings = image_size, 0
+        while size > base and size % 2 == 0:
+            size, doublings = size // 2, doublings + 1
+        if size == base and doublings >= 1:
+            return base, doublings
+    raise ValueError(
+        f"image_size={image_size!r} is not supported: it must be 4 * 2**L or 7 * 2**L with L >= 1 "
+        "(8, 14, 16, 28, 32, 56, 64, 112, 128, ...)"
+    )
+
+
+def _default_widths(ngf: int, num_doublings: int) -> tuple[int, ...]:
+    """ngf · (8, 4, 2, 1, 1, ...), first num_doublings entries."""
+    multipliers = _WIDTH_MULTIPLIERS + (1,) * max(num_doublings - len(_WIDTH_MULTIPLIERS), 0)
+    return tuple(ngf * m for m in multipliers[:num_doublings])
+
+
+class ConvGenerator(nn.Module):
+    """Generator g_β(z): transposed convolutions from z (N, nz) to images (N, image_size, image_size, channels).
+
+    image_size = base · 2**L (see `generator_layout`). z is read as a 1×1 map; ConvT(k=base, stride 1, VALID)
+    makes a base×base map, then L layers ConvT(k4, stride 2, SAME) each double it; LeakyReLU(negative_slope)
+    after every layer but the last, tanh at the end, no normalisation, biases on. The channel counts of the
+    base layer and the L-1 hidden doubling layers are `widths` (default: the first L of ngf · (8, 4, 2, 1, 1, ...)),
+    so 32×32 with ngf 64 is Pang's SVHN net: nz → 512 (4×4) → 256 (8×8) → 128 (16×16) → channels (32×32).
+
+    'SAME' for k4 s2 pads the dilated input by 2 on each side, exactly as PyTorch's ConvTranspose2d(k4, s2, p1);
+    a flax kernel K (kh, kw, in, out) equals the PyTorch weight W (in, out, kh, kw) with
+    W[c, o, a, b] = K[kh-1-a, kw-1-b, c, o] (spatially flipped).
+    """
+
+    image_size: int
+    channels: int
+    ngf: int = 64
+    widths: tuple[int, ...] | None = None
+    negative_slope: float = 0.2
+
+    def __post_init__(self) -> None:
+        _, num_doublings = generator_layout(self.image_size)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels={self.channels!r} must be 1 or 3")
+        _require_positive("ngf", self.ngf)
+        if self.widths is not None:
+            self.widths = tuple(self.widths)  # a list (e.g. from a config) would make the module unhashable
+            if len(self.widths) != num_doublings:
+                raise ValueError(
+                    f"widths={self.widths!r} must have {num_doublings} entries for "
+                    f"image_size={self.image_size} (the base layer and each hidden doubling layer)"
+                )
+            if any(w < 1 for w in self.widths):
+                raise ValueError(f"widths={self.widths!r} must all be >= 1")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        if z.ndim != 2:
+            raise ValueError(f"z must have shape (N, nz), got z.shape={z.shape}")
+        base, num_doublings = generator_layout(self.image_size)
+        widths = self.widths if self.widths is not None else _default_widths(self.ngf, num_doublings)
+        x = z[:, None, None, :]  # (N, 1, 1, nz)
+        x = nn.ConvTranspose(widths[0], (base, base), strides=(1, 1), padding="VALID", name="base")(x)
+        for i, features in enumerate(widths[1:] + (self.channels,)):
+            x = nn.leaky_relu(x, self.negative_slope)
+            x = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=f"up_{i}")(x)
+        return jnp.tanh(x)  # (N, image_size, image_size, channels)
+
+
+class QuadraticTilt(nn.Module):
+    """Exactly solvable tilt f(z) = bᵀz − ½ zᵀAz, A = C Cᵀ (PSD by construction; C need not be triangular).
+
+    Params `b` (nz,) ~ N(0, init_scale²) and `chol` = C (nz, nz) ~ init_scale · N(0, 1). z (..., nz) -> (...,).
+    With π0 = N(0, σ0² I) the prior is N(S0 b, S0), S0 = (I/σ0² + A)⁻¹.
+    """
+
+    latent_dim: int
+    init_scale: float = 0.3
+
+    def __post_init__(self) -> None:
+        _require_positive("latent_dim", self.latent_dim)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        if z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z.shape[-1]={z.shape[-1]} must equal latent_dim={self.latent_dim}")
+        init = nn.initializers.normal(stddev=self.init_scale)
+        b = self.param("b", init, (self.latent_dim,))
+        chol = self.param("chol", init, (self.latent_dim, self.latent_dim))
+        u = z @ chol  # (..., nz) = Cᵀz, so zᵀAz = |u|²
+        return z @ b - 0.5 * jnp.sum(u * u, axis=-1)
+
+
+def quadratic_tilt_matrices(params: Mapping[str, Any]) -> tuple[Array, Array]:
+    """(b, A = C Cᵀ) from QuadraticTilt params, given as {'params': {...}} or the inner dict."""
+    p = _inner_params(params)
+    chol = p["chol"]
+    return p["b"], chol @ chol.T
+
+
+class LinearGenerator(nn.Module):
+    """Linear generator g(z) = W z + c: z (..., nz) -> (..., data_dim), any leading dims.
+
+    Params `W` (data_dim, nz) and `c` (data_dim,), both ~ init_scale · N(0, 1); nz is read from the input at init.
+    """
+
+    data_dim: int
+    init_scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require_positive("data_dim", self.data_dim)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        init = nn.initializers.normal(stddev=self.init_scale)
+        w = self.param("W", init, (self.data_dim, z.shape[-1]))
+        c = self.param("c", init, (self.data_dim,))
+        return z @ w.T + c
+
+
+def linear_generator_matrices(params: Mapping[str, Any]) -> tuple[Array, Array]:
+    """(W, c) from LinearGenerator params, given as {'params': {...}} or the inner dict."""
+    p = _inner_params(params)
+    return p["W"], p["c"]

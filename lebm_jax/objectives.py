@@ -1,0 +1,256 @@
+"""The two learning objectives ("variants") and the function that turns one into gradients.
+
+Each objective has two pure parts:
+
+- ``sample(params, x, key)``: short-run chains for the prior z⁻ ~ p_α and the posterior(s) z⁺, drawn
+  with the parameters held constant (samples are constants to the learning gradient);
+- ``losses(params, x, samples)``: the EBM loss (depends on α only) and the generator loss (depends on
+  β only), plus an aux dict of estimates and chain diagnostics.
+
+Sign conventions: losses are minimised; f_α is a log-density tilt, so the EBM loss
+
+    loss_E = mean_b f_α(z⁻_b) − mean_b f_α(z⁺_b)
+
+has gradient E_prior[∇f] − E_post[∇f] = −∇_α log p(x) in expectation (the prior's log Z_α gives the
+first term), and the vanilla generator loss −mean_b log p_β(x_b|z⁺_b) has gradient −∇_β log p(x) by
+Fisher's identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lebm_jax import ladder
+from lebm_jax.langevin import METHODS, ChainResult, langevin_chain, sample_base
+from lebm_jax.model import LatentEBM
+
+Array = jax.Array
+Params = Any
+
+VARIANTS = ("vanilla", "ti")
+TI_GRADIENTS = ("pathwise", "fisher")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainSpec:
+    """Settings of one short-run chain: K steps of size s, ULA or MALA."""
+
+    num_steps: int
+    step_size: float
+    method: str = "ula"
+
+    def validate(self, name: str) -> "ChainSpec":
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 0:
+            raise ValueError(f"{name}.num_steps={self.num_steps!r} must be an int >= 0")
+        if not (isinstance(self.step_size, (int, float)) and self.step_size > 0):
+            raise ValueError(f"{name}.step_size={self.step_size!r} must be a number > 0")
+        if self.method not in METHODS:
+            raise ValueError(f"{name}.method={self.method!r} is not one of {METHODS}")
+        return self
+
+    def run(self, key: Array, z0: Array, log_prob_fn) -> ChainResult:
+        return langevin_chain(key, z0, log_prob_fn, self.num_steps, self.step_size, self.method)
+
+
+class Losses(NamedTuple):
+    ebm: Array  # scalar, depends on α only
+    gen: Array  # scalar, depends on β only
+
+
+class GradientResult(NamedTuple):
+    grads: Params  # {"ebm": ∂loss_E/∂α, "gen": ∂loss_G/∂β}
+    losses: Losses
+    aux: dict
+
+
+def _check_num_chains(num_chains: int, name: str) -> None:
+    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
+        raise ValueError(f"{name}={num_chains!r} must be an int >= 1")
+
+
+def _chain_diagnostics(prefix: str, res: ChainResult) -> dict:
+    return {f"{prefix}_accept": jnp.mean(res.accept_rate), f"{prefix}_grad_norm": jnp.mean(res.grad_norm)}
+
+
+def _sample_prior(objective, params: Params, key: Array, batch: int) -> ChainResult:
+    """S·B prior chains z⁻ ~ p_α from π0, shape (S, B, nz)."""
+    model = objective.model
+    k0, k = jax.random.split(key)
+    z0 = sample_base(k0, (objective.num_chains, batch, model.latent_dim), model.prior_sigma)
+    return objective.prior_chain.run(k, z0, lambda z: model.log_prior(params["ebm"], z))
+
+
+def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, dict]:
+    """Contrastive EBM loss from prior and posterior samples, both (S, B, nz)."""
+    f_prior = model.tilt(params_ebm, z_prior)  # (S, B)
+    f_post = model.tilt(params_ebm, z_post)  # (S, B)
+    per_example = jnp.mean(f_prior, 0) - jnp.mean(f_post, 0)  # (B,)
+    stats = {"f_prior": jnp.mean(f_prior), "f_posterior": jnp.mean(f_post)}
+    return jnp.mean(per_example), {"per_example_ebm": per_example, **stats}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Vanilla:
+    """Maximum likelihood with Fisher's identity (Pang et al. 2020).
+
+        loss_G = −mean_b log p_β(x_b | z⁺_b),   loss_E = mean f_α(z⁻) − mean f_α(z⁺),
+        z⁻ ~ p_α (prior chain), z⁺ ~ p(z|x) (posterior chain), S chains of each per example.
+    """
+
+    model: LatentEBM
+    prior_chain: ChainSpec
+    posterior_chain: ChainSpec
+    num_chains: int = 1
+
+    def __post_init__(self):
+        self.prior_chain.validate("prior_chain")
+        self.posterior_chain.validate("posterior_chain")
+        _check_num_chains(self.num_chains, "num_chains")
+
+    def sample(self, params: Params, x: Array, key: Array) -> dict:
+        self.model.check_data(x)
+        k_prior, k0, k_post = jax.random.split(key, 3)
+        prior = _sample_prior(self, params, k_prior, x.shape[0])
+        z0 = sample_base(k0, (self.num_chains, x.shape[0], self.model.latent_dim), self.model.prior_sigma)
+        post = self.posterior_chain.run(k_post, z0, lambda z: self.model.log_power_posterior(params, x, z, 1.0))
+        diag = {**_chain_diagnostics("prior", prior), **_chain_diagnostics("posterior", post)}
+        return {"z_prior": prior.z, "z_posterior": post.z, "diagnostics": diag}  # z: (S, B, nz)
+
+    def losses(self, params: Params, x: Array, samples: dict) -> tuple[Losses, dict]:
+        ell = self.model.log_likelihood(params["gen"], x, samples["z_posterior"])  # (S, B)
+        post_ll = jnp.mean(ell, 0)  # (B,)
+        loss_ebm, ebm_aux = _ebm_terms(self.model, params["ebm"], samples["z_prior"], samples["z_posterior"])
+        aux = {
+            "posterior_log_lik": jax.lax.stop_gradient(post_ll),
+            "per_example_gen": jax.lax.stop_gradient(-post_ll),
+            **jax.lax.stop_gradient(ebm_aux),
+            **samples["diagnostics"],
+        }
+        return Losses(loss_ebm, -jnp.mean(post_ll)), aux
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ThermodynamicIntegration:
+    """Likelihood by thermodynamic integration over power posteriors π_t ∝ p_β(x|z)^t p_α(z).
+
+        log p̂(x) = Σ_i ½ (t_i − t_{i−1}) (E_i + E_{i−1}),   E_i = mean_s log p_β(x | z_{i,s}),
+        t_i = (i/(N−1))^p, one independent chain per rung, chain and example (all rungs in one batch).
+
+    Generator gradient, ``gradient``:
+      "pathwise" (the study's): ∇_β of −log p̂(x) with the samples held constant, i.e. an estimate of
+        −∫_0^1 E_t[∇_β ℓ] dt. This is NOT the gradient of log p(x): it mixes gradients from tempered
+        posteriors and ignores how π_t moves with β; its bias and variance depend on the schedule power p.
+      "fisher": adds the covariance term of d/dβ E_t[ℓ] = E_t[∇_β ℓ] + t Cov_t(ℓ, ∇_β ℓ), estimated
+        over the S ≥ 2 chains of each example (never across examples). Integrated over t this is
+        Fisher's identity, so the estimate is unbiased for the gradient of the trapezoid on the ladder.
+    EBM loss: the vanilla contrastive term with the t = 1 rung as z⁺.
+    """
+
+    model: LatentEBM
+    prior_chain: ChainSpec
+    posterior_chain: ChainSpec
+    num_temps: int = 10
+    power: float = 1.0
+    gradient: str = "pathwise"
+    num_chains: int = 1
+
+    def __post_init__(self):
+        self.prior_chain.validate("prior_chain")
+        self.posterior_chain.validate("posterior_chain")
+        ladder.check_ladder(self.num_temps, self.power)
+        _check_num_chains(self.num_chains, "ti.num_chains")
+        if self.gradient not in TI_GRADIENTS:
+            raise ValueError(f"ti.gradient={self.gradient!r} is not one of {TI_GRADIENTS}")
+        if self.gradient == "fisher" and self.num_chains < 2:
+            raise ValueError(
+                f"ti.num_chains={self.num_chains!r}: ti.gradient='fisher' estimates a covariance over the "
+                "chains of each example and needs at least 2"
+            )
+
+    @property
+    def temperatures(self) -> Array:
+        return ladder.power_schedule(self.num_temps, self.power)
+
+    def sample(self, params: Params, x: Array, key: Array) -> dict:
+        self.model.check_data(x)
+        k_prior, k0, k_post = jax.random.split(key, 3)
+        batch, nz = x.shape[0], self.model.latent_dim
+        prior = _sample_prior(self, params, k_prior, batch)
+        ts = self.temperatures[:, None, None]  # (T, 1, 1) against chains (T, S, B)
+        z0 = sample_base(k0, (self.num_temps, self.num_chains, batch, nz), self.model.prior_sigma)
+        rungs = self.posterior_chain.run(k_post, z0, lambda z: self.model.log_power_posterior(params, x, z, ts))
+        diag = {
+            **_chain_diagnostics("prior", prior),
+            **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[-1], rungs)),
+            "rung_accept": jnp.mean(rungs.accept_rate, axis=(1, 2)),  # (T,)
+        }
+        return {"z_prior": prior.z, "z_rungs": rungs.z, "diagnostics": diag}  # z_rungs: (T, S, B, nz)
+
+    def losses(self, params: Params, x: Array, samples: dict) -> tuple[Losses, dict]:
+        ts = self.temperatures
+        ell = self.model.log_likelihood(params["gen"], x, samples["z_rungs"])  # (T, S, B)
+        rung_ll = jnp.mean(ell, axis=1)  # (T, B): E_i per example
+        if self.gradient == "fisher":
+            ell_c = jax.lax.stop_gradient(ell)
+            dev = ell_c - jnp.mean(ell_c, axis=1, keepdims=True)  # (T, S, B)
+            # Value 0, gradient t · Ĉov_s(ℓ, ∇_β ℓ) with the unbiased (S − 1) normaliser.
+            cov = jnp.sum(dev * (ell - ell_c), axis=1) / (self.num_chains - 1)  # (T, B)
+            integrand = rung_ll + ts[:, None] * cov
+        else:
+            integrand = rung_ll
+        log_px = ladder.trapezoid(ts, integrand)  # (B,)
+        loss_ebm, ebm_aux = _ebm_terms(self.model, params["ebm"], samples["z_prior"], samples["z_rungs"][-1])
+        log_px_c = jax.lax.stop_gradient(log_px)
+        aux = {
+            "log_px": log_px_c,
+            "rung_log_lik": jax.lax.stop_gradient(jnp.mean(rung_ll, axis=1)),  # (T,)
+            "posterior_log_lik": jax.lax.stop_gradient(rung_ll[-1]),
+            "per_example_gen": -log_px_c,
+            **jax.lax.stop_gradient(ebm_aux),
+            **samples["diagnostics"],
+        }
+        if self.num_chains >= 2:
+            rung_var = jax.lax.stop_gradient(jnp.var(ell, axis=1, ddof=1))  # (T, B): V_i per example
+            aux["rung_var"] = jnp.mean(rung_var, axis=1)
+            aux["log_px_friel"] = log_px_c + ladder.friel_correction(ts, rung_var)
+        return Losses(loss_ebm, -jnp.mean(log_px)), aux
+
+
+def make_objective(
+    variant: str,
+    model: LatentEBM,
+    *,
+    prior_chain: ChainSpec,
+    posterior_chain: ChainSpec,
+    num_chains: int = 1,
+    num_temps: int = 10,
+    power: float = 1.0,
+    gradient: str = "pathwise",
+):
+    """The objective named ``variant`` ("vanilla" or "ti"); ladder settings apply to "ti" only."""
+    if variant == "vanilla":
+        return Vanilla(model, prior_chain, posterior_chain, num_chains)
+    if variant == "ti":
+        return ThermodynamicIntegration(model, prior_chain, posterior_chain, num_temps, power, gradient, num_chains)
+    raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")
+
+
+def loss_and_grads(objective, params: Params, x: Array, key: Array) -> GradientResult:
+    """Both parameter gradients for one batch, from one chain run and one backward pass.
+
+    Samples are drawn at ``stop_gradient(params)``; the gradient of loss_E + loss_G is taken with them
+    fixed. Since loss_E depends on α only and loss_G on β only, its "ebm" part is ∂loss_E/∂α and its
+    "gen" part ∂loss_G/∂β.
+    """
+    samples = objective.sample(jax.lax.stop_gradient(params), x, key)
+
+    def total(p):
+        losses, aux = objective.losses(p, x, samples)
+        return losses.ebm + losses.gen, (losses, aux)
+
+    (_, (losses, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
+    return GradientResult(grads, losses, aux)
