@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test verify clean
+.PHONY: setup test clean
 
 setup: $(STAMP)
 
@@ -19,9 +19,6 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-
-verify: $(STAMP)
-	$(PY) -m experiments.verify
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -63,6 +63,32 @@ def _check(z0: Array, num_steps: int, method: str) -> None:
         raise ValueError(f"z0 must have a trailing latent axis, got shape {jnp.shape(z0)}")
 
 
+def split_keys(key: Array, num: int, key_axis: int | None = None) -> Array:
+    """``num`` keys from ``key`` along a new leading axis; per-index keys (n,) give (num, n)."""
+    if key_axis is None:
+        return jax.random.split(key, num)
+    return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num))(key), 0, 1)
+
+
+def draw(sampler, key: Array, shape: tuple[int, ...], dtype, key_axis: int | None = None) -> Array:
+    """``sampler(key, shape, dtype)``, or with per-index keys (one per entry of axis ``key_axis``)
+    the entries along that axis drawn from their own key: their values then do not depend on how
+    the axis is split (across devices, say) or on its length."""
+    if key_axis is None:
+        return sampler(key, shape, dtype)
+    sub = shape[:key_axis] + shape[key_axis + 1 :]
+    return jnp.moveaxis(jax.vmap(lambda k: sampler(k, sub, dtype))(key), 0, key_axis)
+
+
+def _check_keys(key: Array, z0: Array, key_axis: int | None) -> None:
+    if key_axis is None:
+        return
+    if not 0 <= key_axis < z0.ndim - 1:
+        raise ValueError(f"key_axis={key_axis!r} must index a batch axis of z0 with shape {z0.shape}")
+    if key.shape != (z0.shape[key_axis],):
+        raise ValueError(f"per-index keys of shape {key.shape} do not match axis {key_axis} of z0 {z0.shape}")
+
+
 def _step_size(step_size, z0: Array) -> tuple[Array, Array]:
     """Step size as (per-chain s with a trailing unit axis, per-chain s) or two scalars."""
     s = jnp.asarray(step_size, dtype=z0.dtype)
@@ -79,22 +105,28 @@ def langevin_chain(
     num_steps: int,
     step_size: float | Array,
     method: str = "ula",
+    key_axis: int | None = None,
 ) -> ChainResult:
     """Runs ``num_steps`` Langevin steps from ``z0`` targeting exp(log_prob_fn).
 
     Args:
-      key: PRNG key; one stream per step, shared by all chains (their noise is independent).
+      key: PRNG key; one stream per step, shared by all chains (their noise is independent). With
+        ``key_axis`` set, an array of keys, one per index of that batch axis of ``z0``: each
+        index's chains then draw only from their own key (e.g. one key per data example, so the
+        chains of an example do not depend on the batch or device it is in).
       z0: (..., nz) initial states.
       log_prob_fn: (..., nz) -> (...) unnormalised log-density of each chain's target.
       num_steps: number of steps K (static).
       step_size: s, a scalar or an array broadcastable to the chains' batch shape ``z0.shape[:-1]``.
       method: "ula" (unadjusted) or "mala" (Metropolis-adjusted).
+      key_axis: see ``key``.
 
     Returns:
       ChainResult with the final states (not differentiated through: callers treat samples as
       constants) and per-chain diagnostics.
     """
     _check(z0, num_steps, method)
+    _check_keys(key, z0, key_axis)
     s, s_chain = _step_size(step_size, z0)  # (..., 1) and (...), or scalars
     vs = value_and_score(log_prob_fn)
     batch_shape = z0.shape[:-1]
@@ -103,7 +135,7 @@ def langevin_chain(
 
     def ula_step(carry, k):
         z, _, score, acc, gnorm = carry
-        eps = jax.random.normal(k, z.shape, z.dtype)
+        eps = draw(jax.random.normal, k, z.shape, z.dtype, key_axis)
         z_new = z + 0.5 * s**2 * score + s * eps
         _, score_new = vs(z_new)
         gnorm = gnorm + jnp.linalg.norm(score, axis=-1)
@@ -111,8 +143,8 @@ def langevin_chain(
 
     def mala_step(carry, k):
         z, logp, score, acc, gnorm = carry
-        k_noise, k_accept = jax.random.split(k)
-        eps = jax.random.normal(k_noise, z.shape, z.dtype)
+        k_noise, k_accept = split_keys(k, 2, key_axis)
+        eps = draw(jax.random.normal, k_noise, z.shape, z.dtype, key_axis)
         prop = z + 0.5 * s**2 * score + s * eps
         logp_prop, score_prop = vs(prop)
         # log q(z | prop) - log q(prop | z), q(b | a) = N(b; a + (s²/2) ∇log π(a), s² I).
@@ -120,7 +152,7 @@ def langevin_chain(
         bwd = z - prop - 0.5 * s**2 * score_prop
         log_q_ratio = (jnp.sum(fwd**2, -1) - jnp.sum(bwd**2, -1)) / (2.0 * s_chain**2)
         log_alpha = logp_prop - logp + log_q_ratio
-        u = jax.random.uniform(k_accept, batch_shape, z.dtype)
+        u = draw(jax.random.uniform, k_accept, batch_shape, z.dtype, key_axis)
         accept = jnp.log(u) < log_alpha  # (...)
         z = jnp.where(accept[..., None], prop, z)
         logp = jnp.where(accept, logp_prop, logp)
@@ -131,12 +163,14 @@ def langevin_chain(
     zeros = jnp.zeros(batch_shape, z0.dtype)
     init = (z0, logp0, score0, zeros, zeros)
     step = mala_step if method == "mala" else ula_step
-    keys = jax.random.split(key, num_steps)
+    keys = split_keys(key, num_steps, key_axis)  # (K,) or (K, n)
     (z, _, _, acc, gnorm), _ = jax.lax.scan(step, init, keys)
     n = max(num_steps, 1)
     return ChainResult(jax.lax.stop_gradient(z), acc / n, gnorm / n)
 
 
-def sample_base(key: Array, shape: tuple[int, ...], sigma: float, dtype=jnp.float32) -> Array:
-    """Draws z_0 ~ π0 = N(0, σ0² I) with the given (..., nz) shape."""
-    return sigma * jax.random.normal(key, shape, dtype)
+def sample_base(
+    key: Array, shape: tuple[int, ...], sigma: float, dtype=jnp.float32, key_axis: int | None = None
+) -> Array:
+    """Draws z_0 ~ π0 = N(0, σ0² I) with the given (..., nz) shape (per-index keys: see `draw`)."""
+    return sigma * draw(jax.random.normal, key, shape, dtype, key_axis)

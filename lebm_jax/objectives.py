@@ -2,7 +2,7 @@
 
 Each objective has two pure parts:
 
-- ``sample(params, x, key)``: short-run chains for the prior z⁻ ~ p_α and the posterior(s) z⁺, drawn
+- ``sample(params, x, key)``: ``key`` is one PRNG key or one per example (B,); short-run chains for the prior z⁻ ~ p_α and the posterior(s) z⁺, drawn
   with the parameters held constant (samples are constants to the learning gradient);
 - ``losses(params, x, samples)``: the EBM loss (depends on α only) and the generator loss (depends on
   β only), plus an aux dict of estimates and chain diagnostics.
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lebm_jax import ladder
-from lebm_jax.langevin import METHODS, ChainResult, langevin_chain, sample_base
+from lebm_jax.langevin import METHODS, ChainResult, langevin_chain, sample_base, split_keys
 from lebm_jax.model import LatentEBM
 
 Array = jax.Array
@@ -52,8 +52,8 @@ class ChainSpec:
             raise ValueError(f"{name}.method={self.method!r} is not one of {METHODS}")
         return self
 
-    def run(self, key: Array, z0: Array, log_prob_fn) -> ChainResult:
-        return langevin_chain(key, z0, log_prob_fn, self.num_steps, self.step_size, self.method)
+    def run(self, key: Array, z0: Array, log_prob_fn, key_axis: int | None = None) -> ChainResult:
+        return langevin_chain(key, z0, log_prob_fn, self.num_steps, self.step_size, self.method, key_axis)
 
 
 class Losses(NamedTuple):
@@ -76,12 +76,25 @@ def _chain_diagnostics(prefix: str, res: ChainResult) -> dict:
     return {f"{prefix}_accept": jnp.mean(res.accept_rate), f"{prefix}_grad_norm": jnp.mean(res.grad_norm)}
 
 
-def _sample_prior(objective, params: Params, key: Array, batch: int) -> ChainResult:
-    """S·B prior chains z⁻ ~ p_α from π0, shape (S, B, nz)."""
+def example_keys(key: Array, batch: int) -> Array:
+    """Per-example keys (B,): ``key`` itself when it already is one key per example, else split from it.
+
+    The training step passes keys derived from each example's global index, so an example's chains
+    are the same whichever device or position it has in the batch.
+    """
+    if key.shape == (batch,):
+        return key
+    if key.shape != ():
+        raise ValueError(f"key of shape {key.shape}: expected one key or one per example ({batch},)")
+    return jax.random.split(key, batch)
+
+
+def _sample_prior(objective, params: Params, keys: Array) -> ChainResult:
+    """S·B prior chains z⁻ ~ p_α from π0, shape (S, B, nz); ``keys`` (B,) one per example."""
     model = objective.model
-    k0, k = jax.random.split(key)
-    z0 = sample_base(k0, (objective.num_chains, batch, model.latent_dim), model.prior_sigma)
-    return objective.prior_chain.run(k, z0, lambda z: model.log_prior(params["ebm"], z))
+    k0, k = split_keys(keys, 2, key_axis=0)
+    z0 = sample_base(k0, (objective.num_chains, keys.shape[0], model.latent_dim), model.prior_sigma, key_axis=1)
+    return objective.prior_chain.run(k, z0, lambda z: model.log_prior(params["ebm"], z), key_axis=1)
 
 
 def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, dict]:
@@ -113,10 +126,12 @@ class Vanilla:
 
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
-        k_prior, k0, k_post = jax.random.split(key, 3)
-        prior = _sample_prior(self, params, k_prior, x.shape[0])
-        z0 = sample_base(k0, (self.num_chains, x.shape[0], self.model.latent_dim), self.model.prior_sigma)
-        post = self.posterior_chain.run(k_post, z0, lambda z: self.model.log_power_posterior(params, x, z, 1.0))
+        k_prior, k0, k_post = split_keys(example_keys(key, x.shape[0]), 3, key_axis=0)  # each (B,)
+        prior = _sample_prior(self, params, k_prior)
+        z0 = sample_base(k0, (self.num_chains, x.shape[0], self.model.latent_dim), self.model.prior_sigma,
+                         key_axis=1)
+        post = self.posterior_chain.run(k_post, z0, lambda z: self.model.log_power_posterior(params, x, z, 1.0),
+                                        key_axis=1)
         diag = {**_chain_diagnostics("prior", prior), **_chain_diagnostics("posterior", post)}
         return {"z_prior": prior.z, "z_posterior": post.z, "diagnostics": diag}  # z: (S, B, nz)
 
@@ -177,12 +192,13 @@ class ThermodynamicIntegration:
 
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
-        k_prior, k0, k_post = jax.random.split(key, 3)
         batch, nz = x.shape[0], self.model.latent_dim
-        prior = _sample_prior(self, params, k_prior, batch)
+        k_prior, k0, k_post = split_keys(example_keys(key, batch), 3, key_axis=0)  # each (B,)
+        prior = _sample_prior(self, params, k_prior)
         ts = self.temperatures[:, None, None]  # (T, 1, 1) against chains (T, S, B)
-        z0 = sample_base(k0, (self.num_temps, self.num_chains, batch, nz), self.model.prior_sigma)
-        rungs = self.posterior_chain.run(k_post, z0, lambda z: self.model.log_power_posterior(params, x, z, ts))
+        z0 = sample_base(k0, (self.num_temps, self.num_chains, batch, nz), self.model.prior_sigma, key_axis=2)
+        log_prob = lambda z: self.model.log_power_posterior(params, x, z, ts)  # noqa: E731
+        rungs = self.posterior_chain.run(k_post, z0, log_prob, key_axis=2)
         diag = {
             **_chain_diagnostics("prior", prior),
             **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[-1], rungs)),

@@ -194,3 +194,20 @@ def test_image_model_step_is_finite_and_compiles_once(variant):
         assert res.aux["rung_accept"].shape == (4,)
     with pytest.raises(ValueError, match=r"data shape \(5, 16, 16, 3\)"):
         loss_and_grads(obj, params, jnp.zeros((5, 16, 16, 3)), jax.random.key(0))
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "ti"])
+def test_per_example_keys_make_samples_independent_of_the_batch_split(problem, variant):
+    # One key per example: an example's chains do not depend on which other examples share its batch
+    # (what makes a step on 4 devices equal to the same global batch on 1 device).
+    model, params, x = problem
+    ula = ChainSpec(num_steps=20, step_size=0.3)
+    obj = make_objective(variant, model, prior_chain=ula, posterior_chain=MALA, num_chains=2, num_temps=3)
+    keys = jax.random.split(jax.random.key(7), x.shape[0])
+    whole = obj.sample(params, x, keys)
+    parts = [obj.sample(params, x[i:i + 1], keys[i:i + 1]) for i in range(x.shape[0])]
+    for name in ("z_prior", "z_posterior" if variant == "vanilla" else "z_rungs"):
+        joined = jnp.concatenate([p[name] for p in parts], axis=-2)  # batch axis is next to the latent axis
+        np.testing.assert_allclose(whole[name], joined, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"key of shape \(2,\)"):
+        obj.sample(params, x, keys[:2])
