@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_every = 1000
     c.max_to_keep = 3
     c.num_samples = 64  # images in each sample grid
+    c.num_heldout = 500  # test images for the held-out reconstruction error and log-likelihood
     return c
 
 
@@ -134,7 +135,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not 0.0 < config.optim.lr_decay <= 1.0:
         bad("optim.lr_decay", config.optim.lr_decay, "must be in (0, 1]")
     for field in ("batch_size", "num_steps", "steps_per_dispatch", "log_every", "checkpoint_every",
-                  "sample_every", "max_to_keep", "num_samples"):
+                  "sample_every", "max_to_keep", "num_samples", "num_heldout"):
         if not _positive_int(config[field]):
             bad(field, config[field], "must be an int >= 1")
     for field in ("log_every", "checkpoint_every", "sample_every"):

@@ -160,7 +160,7 @@ def langevin_chain(
         gnorm = gnorm + jnp.linalg.norm(score, axis=-1)
         return (z, logp, new_score, acc + accept.astype(z.dtype), gnorm), None
 
-    zeros = jnp.zeros(batch_shape, z0.dtype)
+    zeros = jnp.zeros_like(z0[..., 0])  # (...); inherits z0's sharding type inside shard_map
     init = (z0, logp0, score0, zeros, zeros)
     step = mala_step if method == "mala" else ula_step
     keys = split_keys(key, num_steps, key_axis)  # (K,) or (K, n)

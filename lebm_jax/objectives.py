@@ -97,6 +97,20 @@ def _sample_prior(objective, params: Params, keys: Array) -> ChainResult:
     return objective.prior_chain.run(k, z0, lambda z: model.log_prior(params["ebm"], z), key_axis=1)
 
 
+def sample_power_posteriors(
+    model: LatentEBM, chain: ChainSpec, params: Params, x: Array, keys: Array, temperatures: Array, num_chains: int
+) -> ChainResult:
+    """S chains per example and temperature, z ~ π_t(z|x) ∝ p_β(x|z)^t p_α(z), all in one batch.
+
+    x: (B, *event); keys: (B,) one per example; temperatures: (T,). Returns z of shape (T, S, B, nz).
+    """
+    batch, nz = x.shape[0], model.latent_dim
+    k0, k = split_keys(keys, 2, key_axis=0)
+    z0 = sample_base(k0, (temperatures.shape[0], num_chains, batch, nz), model.prior_sigma, key_axis=2)
+    ts = temperatures[:, None, None]  # (T, 1, 1) against chains (T, S, B)
+    return chain.run(k, z0, lambda z: model.log_power_posterior(params, x, z, ts), key_axis=2)
+
+
 def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, dict]:
     """Contrastive EBM loss from prior and posterior samples, both (S, B, nz)."""
     f_prior = model.tilt(params_ebm, z_prior)  # (S, B)
@@ -126,12 +140,11 @@ class Vanilla:
 
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
-        k_prior, k0, k_post = split_keys(example_keys(key, x.shape[0]), 3, key_axis=0)  # each (B,)
+        k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
         prior = _sample_prior(self, params, k_prior)
-        z0 = sample_base(k0, (self.num_chains, x.shape[0], self.model.latent_dim), self.model.prior_sigma,
-                         key_axis=1)
-        post = self.posterior_chain.run(k_post, z0, lambda z: self.model.log_power_posterior(params, x, z, 1.0),
-                                        key_axis=1)
+        post = sample_power_posteriors(self.model, self.posterior_chain, params, x, k_post, jnp.ones((1,)),
+                                       self.num_chains)
+        post = jax.tree.map(lambda a: a[0], post)  # the single temperature t = 1
         diag = {**_chain_diagnostics("prior", prior), **_chain_diagnostics("posterior", post)}
         return {"z_prior": prior.z, "z_posterior": post.z, "diagnostics": diag}  # z: (S, B, nz)
 
@@ -192,13 +205,10 @@ class ThermodynamicIntegration:
 
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
-        batch, nz = x.shape[0], self.model.latent_dim
-        k_prior, k0, k_post = split_keys(example_keys(key, batch), 3, key_axis=0)  # each (B,)
+        k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
         prior = _sample_prior(self, params, k_prior)
-        ts = self.temperatures[:, None, None]  # (T, 1, 1) against chains (T, S, B)
-        z0 = sample_base(k0, (self.num_temps, self.num_chains, batch, nz), self.model.prior_sigma, key_axis=2)
-        log_prob = lambda z: self.model.log_power_posterior(params, x, z, ts)  # noqa: E731
-        rungs = self.posterior_chain.run(k_post, z0, log_prob, key_axis=2)
+        rungs = sample_power_posteriors(self.model, self.posterior_chain, params, x, k_post, self.temperatures,
+                                        self.num_chains)
         diag = {
             **_chain_diagnostics("prior", prior),
             **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[-1], rungs)),

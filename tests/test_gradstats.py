@@ -313,20 +313,22 @@ def test_data_variance_matches_between_batch_anova(lg_problem):
 
 def test_chunked_draws_are_identical():
     # lax.map in chunks of 3 (not a divisor of R = 10: the remainder path runs too) must use the same keys,
-    # batches and draws as one vmap over all R.
-    def run(chunk):
-        fn = lambda k: gradstats.gradient_statistics(  # noqa: E731
+    # batches and draws as one vmap over all R. The two programs are compiled differently, so the
+    # reductions over the draws may round differently: allow a few float32 ulps (and 1e-12 for the "w" MCMC
+    # variance, which is round-off around 0), and check that another
+    # key moves the results by far more than that.
+    def stats_fn(chunk):
+        return jax.jit(lambda k: gradstats.gradient_statistics(
             toy_grad_fn, TOY_PARAMS, jnp.asarray(TOY_DATA), k, batch_size=BATCH, num_draws=10, num_batches=2,
-            chunk=chunk)
-        return jax.jit(fn)(jax.random.key(9))
+            chunk=chunk))
 
-    whole, chunked = run(None), run(3)
-    jax.tree.map(np.testing.assert_array_equal, chunked.total_var, whole.total_var)
-    jax.tree.map(np.testing.assert_array_equal, chunked.mcmc_var, whole.mcmc_var)
-    jax.tree.map(np.testing.assert_array_equal, chunked.mean_grad, whole.mean_grad)
-    for name in whole.scalars:
-        np.testing.assert_array_equal(chunked.scalars[name], whole.scalars[name], err_msg=name)
-    assert float(whole.scalars["mcmc_var/gen"]) > 0 and float(whole.scalars["data_var/ebm"]) > 0
+    run_whole, run_chunked = stats_fn(None), stats_fn(3)
+    whole, chunked, other = run_whole(jax.random.key(9)), run_chunked(jax.random.key(9)), run_whole(jax.random.key(10))
+    same = lambda a, b: np.testing.assert_allclose(a, b, rtol=4e-7, atol=1e-12)  # noqa: E731
+    for field in ("total_var", "mcmc_var", "mean_grad", "scalars"):
+        jax.tree.map(same, getattr(chunked, field), getattr(whole, field))
+    rel = lambda a, b: np.max(np.abs(a - b) / np.abs(b))  # noqa: E731
+    assert min(jax.tree.leaves(jax.tree.map(rel, other.total_var, whole.total_var))) > 1e-3
 
 
 # ---------------------------------------------------------------- bad input

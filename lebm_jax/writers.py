@@ -1,0 +1,102 @@
+"""Metric writers: TensorBoard (clu) plus a JSON-lines file that plots can read without TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+from clu import metric_writers
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+    """Appends one line {"step": n, name: value, ...} per `write_scalars` call to ``path``."""
+
+    def __init__(self, path: str, keep_until: int | None = None):
+        """``keep_until``: drop rows of steps after it first (a resumed run rewrites what follows)."""
+        self._path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if keep_until is not None and os.path.exists(path):
+            rows = [r for r in read_jsonl(path) if r["step"] <= keep_until]
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            os.replace(tmp, path)
+        self._file = open(path, "a", buffering=1)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        row = {"step": int(step)}
+        for name, value in scalars.items():
+            value = float(value)
+            row[name] = value if math.isfinite(value) else str(value)  # JSON has no NaN/inf
+        self._file.write(json.dumps(row) + "\n")
+
+    def write_summaries(self, step, values, metadata=None):
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None):
+        pass
+
+    def write_hparams(self, hparams):
+        pass
+
+    def flush(self):
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The rows a JsonlWriter wrote, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def create_writer(workdir: str, lead: bool, start_step: int = 0) -> metric_writers.MetricWriter:
+    """TensorBoard events and ``workdir/metrics.jsonl`` on the lead process; logging only elsewhere.
+
+    Rows of ``metrics.jsonl`` after ``start_step`` (left by a run that stopped after its last
+    checkpoint) are dropped, since the resumed run logs those steps again; a fresh run starts it empty.
+    """
+    if not lead:
+        return metric_writers.create_default_writer(None, just_logging=True)
+    keep = start_step if start_step > 0 else -1
+    return metric_writers.MultiWriter([
+        metric_writers.create_default_writer(workdir, asynchronous=False),
+        JsonlWriter(os.path.join(workdir, "metrics.jsonl"), keep_until=keep),
+    ])
+
+
+class _QuietLibraries:
+    """Drops INFO records of chatty libraries (orbax) from absl's log; keeps warnings and errors."""
+
+    def filter(self, record) -> bool:
+        return record.levelno > 20 or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+    import logging
+
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+        handler.addFilter(_QuietLibraries())
+    logging.getLogger("absl").addFilter(_QuietLibraries())
