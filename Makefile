@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test clean
+.PHONY: setup run test clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# The main job: train on the digits bundled with scikit-learn (no download).
+run: $(STAMP)
+	$(PY) -m experiments.train --config configs/digits.py --workdir runs/digits
 
 test: $(STAMP)
 	$(PY) -m pytest -q
