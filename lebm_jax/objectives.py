@@ -42,6 +42,7 @@ class ChainSpec:
     num_steps: int
     step_size: float
     method: str = "ula"
+    unroll: int | bool | None = None  # see langevin_chain; None: full on CPU, none elsewhere
 
     def validate(self, name: str) -> "ChainSpec":
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 0:
@@ -53,7 +54,9 @@ class ChainSpec:
         return self
 
     def run(self, key: Array, z0: Array, log_prob_fn, key_axis: int | None = None) -> ChainResult:
-        return langevin_chain(key, z0, log_prob_fn, self.num_steps, self.step_size, self.method, key_axis)
+        return langevin_chain(
+            key, z0, log_prob_fn, self.num_steps, self.step_size, self.method, key_axis, self.unroll
+        )
 
 
 class Losses(NamedTuple):
