@@ -89,17 +89,6 @@ def _check_keys(key: Array, z0: Array, key_axis: int | None) -> None:
         raise ValueError(f"per-index keys of shape {key.shape} do not match axis {key_axis} of z0 {z0.shape}")
 
 
-AUTO_UNROLL_MAX_STEPS = 200
-
-
-def _unroll(unroll: int | bool | None, num_steps: int) -> int | bool:
-    if unroll is not None:
-        return unroll
-    if jax.default_backend() == "cpu" and num_steps <= AUTO_UNROLL_MAX_STEPS:
-        return max(num_steps, 1)
-    return 1
-
-
 def _step_size(step_size, z0: Array) -> tuple[Array, Array]:
     """Step size as (per-chain s with a trailing unit axis, per-chain s) or two scalars."""
     s = jnp.asarray(step_size, dtype=z0.dtype)
@@ -117,7 +106,7 @@ def langevin_chain(
     step_size: float | Array,
     method: str = "ula",
     key_axis: int | None = None,
-    unroll: int | bool | None = None,
+    unroll: int | bool = 1,
 ) -> ChainResult:
     """Runs ``num_steps`` Langevin steps from ``z0`` targeting exp(log_prob_fn).
 
@@ -132,10 +121,10 @@ def langevin_chain(
       step_size: s, a scalar or an array broadcastable to the chains' batch shape ``z0.shape[:-1]``.
       method: "ula" (unadjusted) or "mala" (Metropolis-adjusted).
       key_axis: see ``key``.
-      unroll: steps unrolled per loop iteration (``lax.scan``'s ``unroll``). None picks full unrolling
-        of chains up to ``AUTO_UNROLL_MAX_STEPS`` steps on the CPU backend, where XLA runs convolutions
-        inside a loop body many times slower than unrolled ones (20× for the digits generator; partial
-        unrolling does not help), and 1 otherwise.
+      unroll: steps unrolled per loop iteration (``lax.scan``'s ``unroll``; True: all). On the CPU
+        backend XLA runs convolutions inside a loop body many times slower than unrolled ones (20×
+        for the digits generator; partial unrolling does not help), so chains through a conv
+        generator are best fully unrolled there (see `lebm_jax.train.chain_spec`).
 
     Returns:
       ChainResult with the final states (not differentiated through: callers treat samples as
@@ -180,7 +169,7 @@ def langevin_chain(
     init = (z0, logp0, score0, zeros, zeros)
     step = mala_step if method == "mala" else ula_step
     keys = split_keys(key, num_steps, key_axis)  # (K,) or (K, n)
-    (z, _, _, acc, gnorm), _ = jax.lax.scan(step, init, keys, unroll=_unroll(unroll, num_steps))
+    (z, _, _, acc, gnorm), _ = jax.lax.scan(step, init, keys, unroll=unroll)
     n = max(num_steps, 1)
     return ChainResult(jax.lax.stop_gradient(z), acc / n, gnorm / n)
 

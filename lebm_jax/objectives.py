@@ -42,7 +42,7 @@ class ChainSpec:
     num_steps: int
     step_size: float
     method: str = "ula"
-    unroll: int | bool | None = None  # see langevin_chain; None: full on CPU, none elsewhere
+    unroll: int | bool = 1  # steps per loop iteration, see langevin_chain
 
     def validate(self, name: str) -> "ChainSpec":
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 0:
