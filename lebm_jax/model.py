@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -40,7 +41,7 @@ def gaussian_log_likelihood(x: Array, mean: Array, sigma: float, event_ndim: int
     """
     axes = tuple(range(-event_ndim, 0))
     sq = jnp.sum((x - mean) ** 2, axis=axes)
-    d = math.prod(mean.shape[-event_ndim:]) if event_ndim else 1
+    d = math.prod(jnp.broadcast_shapes(x.shape, mean.shape)[-event_ndim:]) if event_ndim else 1
     return -0.5 * sq / sigma**2 - 0.5 * d * math.log(2 * math.pi * sigma**2)
 
 
@@ -70,7 +71,7 @@ class LatentEBM:
             raise ValueError(f"latent_dim={self.latent_dim!r} must be a positive int")
         for name in ("prior_sigma", "lik_sigma"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            if isinstance(value, bool) or not (isinstance(value, numbers.Real) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name}={value!r} must be a finite number > 0")
 
     @property

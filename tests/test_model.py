@@ -65,6 +65,14 @@ def test_gaussian_log_likelihood_matches_scipy_with_broadcasting(event_shape):
     check_close(f"log N(x; g, σ²I) vs scipy, event {event_shape}", got, exact, atol=f32_slack(exact, d))
 
 
+def test_gaussian_log_likelihood_constant_counts_broadcast_entries():
+    # A mean that broadcasts along the event axes (one value per image) must still count D = all entries of x.
+    x = np.array([[0.1, 0.2, -0.3, 0.5, 0.0]], np.float32)  # (1, 5)
+    got = gaussian_log_likelihood(jnp.asarray(x), jnp.zeros((1, 1)), 0.3, 1)
+    exact = multivariate_normal(np.zeros(5), 0.09 * np.eye(5)).logpdf(x.astype(np.float64))
+    check_close("log N(x; m, σ²I), m broadcast over the event", got, exact, atol=f32_slack(exact))
+
+
 # ---------------------------------------------------------------- the linear-Gaussian model
 
 
