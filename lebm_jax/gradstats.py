@@ -11,7 +11,7 @@ Each is the unbiased (ddof = 1) per-coordinate variance, averaged over coordinat
 EBM parameters α ("ebm"), the generator parameters β ("gen") and both ("all"). Also:
 
 - normalised variance (Faghri et al. 2020): Σ_coords Var / ||E ĝ||², the noise-to-signal ratio;
-- grad_norm: ||E ĝ||, the norm of the mean gradient over the R total draws;
+- grad_norm: ||E ĝ||, from the R total draws as sqrt(||ḡ||² − Σ_coords Var / R) (unbiased for the square);
 - loss variance: per example, the variance of its loss estimate over MCMC draws, averaged over examples;
 - coord_var: the spread of the coordinates of ONE gradient, averaged over draws. It is not the variance
   of an estimator (it is what some published code reports as "gradient variance"); kept only to
@@ -141,7 +141,10 @@ def gradient_statistics(
     scalars = {}
     for group in GROUPS:
         tot, mc = _coord_mean(total_var, group), _coord_mean(mcmc_var, group)
-        sq_norm = _coord_sum(jax.tree.map(jnp.square, mean_grad), group)
+        # ||E ĝ||² without the +tr(Σ)/R bias of ||ḡ||² (clipped at 0; it can dip below when noise dominates)
+        sq_norm = jnp.maximum(
+            _coord_sum(jax.tree.map(jnp.square, mean_grad), group) - _coord_sum(total_var, group) / num_draws, 0.0
+        )
         scalars[f"total_var/{group}"] = tot
         scalars[f"mcmc_var/{group}"] = mc
         scalars[f"data_var/{group}"] = tot - mc
