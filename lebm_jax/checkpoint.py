@@ -48,6 +48,13 @@ def config_differences(saved: dict, current: ml_collections.ConfigDict) -> dict[
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def _brief(e: Exception) -> str:
+    """An exception's type and first line, at most 300 characters (TensorStore's messages run to pages;
+    the whole chain is still in the traceback)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
+
+
 def _key_name(key) -> str:
     for attr in ("name", "key", "idx"):
         if hasattr(key, attr):
@@ -88,6 +95,9 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "config", "digest")
         )
+        # orbax removes unfinished directories in a background thread; wait for it, or a run that stops
+        # at once (a checkpoint that does not fit) races it at interpreter exit and prints a second error
+        getattr(self._manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
         self._empty_trash()  # left by a process killed while deleting
 
     def _empty_trash(self) -> None:
@@ -119,7 +129,7 @@ class Checkpointer:
             saved = self.read_config(step)
         except Exception as e:  # noqa: BLE001 - any failure to read means an unusable checkpoint
             raise RuntimeError(
-                f"checkpoint {where} cannot be read ({type(e).__name__}: {e}). It is left untouched; move it "
+                f"checkpoint {where} cannot be read ({_brief(e)}). It is left untouched; move it "
                 f"away to resume from an earlier one (steps present: {self.all_steps()})."
             ) from e
         diffs = config_differences(saved, config)
@@ -140,7 +150,7 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(
-                f"checkpoint {where} cannot be restored ({type(e).__name__}: {e}). It is left untouched; move it "
+                f"checkpoint {where} cannot be restored ({_brief(e)}). It is left untouched; move it "
                 f"away to resume from an earlier one (steps present: {self.all_steps()})."
             ) from e
         if os.path.isdir(os.path.join(where, "digest")):  # checkpoints written before it have none
@@ -150,7 +160,7 @@ class Checkpointer:
                 )["digest"]["sha256"]
             except Exception as e:  # noqa: BLE001
                 raise RuntimeError(
-                    f"checkpoint {where}: its checksum cannot be read ({type(e).__name__}: {e}). It is left "
+                    f"checkpoint {where}: its checksum cannot be read ({_brief(e)}). It is left "
                     f"untouched; move it away to resume from an earlier one (steps present: {self.all_steps()})."
                 ) from e
             digest = state_digest(restored["state"])

@@ -143,7 +143,10 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
     step_key = jax.random.fold_in(seed_key, state.step)
     position = jax.lax.axis_index(AXIS) * b + jnp.arange(b)  # place of each example in the global batch
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(position)
-    res = loss_and_grads(objective, state.params, x, keys)
+    # Params enter as device-varying: the gradient of a replicated (invariant) input would come back
+    # already summed over devices by shard_map's transpose, and the pmean below would be a no-op.
+    params_here = jax.lax.pcast(state.params, AXIS, to="varying")
+    res = loss_and_grads(objective, params_here, x, keys)
     grads = jax.lax.pmean(res.grads, AXIS)
     metrics = jax.lax.pmean(_scalar_metrics(res.losses, res.aux), AXIS)
 
@@ -275,10 +278,14 @@ def train_and_evaluate(
     ckpt = Checkpointer(workdir, config.max_to_keep)
     start = ckpt.latest_step()
     if start is not None:
-        state = ckpt.restore(start, abstract_like(state), config)
+        try:
+            state = ckpt.restore(start, abstract_like(state), config)
+            if int(state.nonfinite_step):
+                raise NonFiniteError(f"the checkpoint at step {start} holds a non-finite state")
+        except BaseException:
+            ckpt.close()
+            raise
         logging.info("resumed from %s at step %d", ckpt.directory, start)
-        if int(state.nonfinite_step):
-            raise NonFiniteError(f"the checkpoint at step {start} holds a non-finite state")
     state = jax.device_put(state, replicated)
     step = int(host_value(state.step))
 
