@@ -25,7 +25,7 @@ def get_config():
     c.optim.lr_gen = 1e-3
     c.optim.lr_decay = 0.99
     c.batch_size = 100
-    c.num_steps = 1500
+    c.num_steps = 600
     c.log_every = 50
     c.checkpoint_every = 250
     c.sample_every = 500

@@ -154,7 +154,7 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
     for name in ("ebm", "gen"):
         updates, opt_state[name] = optimizers[name].update(grads[name], state.opt_state[name], state.params[name])
         params[name] = optax.apply_updates(state.params[name], updates)
-        metrics[f"grad_norm_{name}"] = optax.global_norm(grads[name])
+        metrics[f"grad_norm_{name}"] = optax.tree.norm(grads[name])
 
     ok = _all_finite((metrics["loss_ebm"], metrics["loss_gen"], grads, params)) & (state.nonfinite_step == 0)
     keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
@@ -175,8 +175,17 @@ def make_train_fn(objective, optimizers: dict, mesh: jax.sharding.Mesh) -> Calla
     """
     step = functools.partial(train_step, objective=objective, optimizers=optimizers)
 
+    cpu = jax.default_backend() == "cpu"
+
     def steps(state, xs, seed_key):
-        state, metrics = jax.lax.scan(lambda s, x: step(s, x, seed_key), state, xs)
+        if cpu:  # a Python loop: XLA's CPU backend runs convolutions inside any loop body many times slower
+            history = []
+            for i in range(xs.shape[0]):
+                state, m = step(state, xs[i], seed_key)
+                history.append(m)
+            metrics = jax.tree.map(lambda *m: jnp.stack(m), *history)
+        else:
+            state, metrics = jax.lax.scan(lambda s, x: step(s, x, seed_key), state, xs)
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
     sharded = jax.shard_map(steps, mesh=mesh, in_specs=(P(), P(None, AXIS), P()), out_specs=(P(), P()))
