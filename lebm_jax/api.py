@@ -74,13 +74,13 @@ class Trained:
     def _prior_chain(self):
         from lebm_jax.train import chain_spec
 
-        return chain_spec(self.config.prior_chain)
+        return chain_spec(self.config.prior_chain, through_generator=False)
 
     @functools.cached_property
     def _posterior_chain(self):
         from lebm_jax.train import chain_spec
 
-        return chain_spec(self.config.posterior_chain)
+        return chain_spec(self.config.posterior_chain, through_generator=True)
 
     @functools.cached_property
     def _jitted(self) -> dict:

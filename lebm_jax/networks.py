@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Array = jax.Array
 
@@ -97,6 +98,81 @@ def _default_widths(ngf: int, num_doublings: int) -> tuple[int, ...]:
     return tuple(ngf * m for m in multipliers[:num_doublings])
 
 
+# --- transposed convolutions --------------------------------------------------------------------------
+# The generator's layers are flax ConvTranspose layers (same parameters, same results) computed in a way
+# XLA runs fast. On XLA's CPU backend the kernel gradient of a stride-2 transposed convolution (a
+# convolution with a dilated input) runs 20-70x slower than the forward pass, and the base layer (a 1x1
+# map, k x k kernel, VALID) is a dense product evaluated as a padded convolution.
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def base_conv_transpose(z: Array, kernel: Array) -> Array:
+    """ConvTranspose(k, stride 1, VALID) of a 1×1 map: y[n, a, b] = z[n] · K[k−1−a, k−1−b]. z (N, C) -> (N, k, k, O).
+
+    Equal to ``lax.conv_transpose(z[:, None, None], K, (1, 1), "VALID")``, as one matrix product.
+    """
+    return jnp.einsum("nc,abco->nabo", z, kernel[::-1, ::-1])
+
+
+def _up_reference(x: Array, kernel: Array) -> Array:
+    return lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC)
+
+
+@jax.custom_vjp
+def up_conv_transpose(x: Array, kernel: Array) -> Array:
+    """ConvTranspose(k4, stride 2, SAME) (= PyTorch's ConvTranspose2d(k4, s2, p1)): (N, H, W, C) -> (N, 2H, 2W, O).
+
+    y[2i − k + 2] += x[i] K[k] along each spatial axis. The forward pass and the input gradient are XLA's;
+    the kernel gradient ∂K[kh, kw] = Σ_{n,i,j} x[n,i,j]ᵀ ∂y[n, 2i−kh+2, 2j−kw+2] is one matrix product over
+    strided slices of ∂y.
+    """
+    return _up_reference(x, kernel)
+
+
+def _up_fwd(x, kernel):
+    return _up_reference(x, kernel), (x, kernel)
+
+
+def _up_bwd(residuals, dy):
+    x, kernel = residuals
+    _, h, w, c = x.shape
+    kh_size, kw_size = kernel.shape[:2]
+    (dx,) = jax.vjp(lambda xx: _up_reference(xx, kernel), x)[1](dy)
+    # output index 2i − k + 2 runs over [−1, 2H + 1]; pad so that index o sits at o + 1
+    dy_pad = jnp.pad(dy, ((0, 0), (1, 2), (1, 2), (0, 0)))
+    taps = [
+        dy_pad[:, 3 - a: 3 - a + 2 * h: 2, 3 - b: 3 - b + 2 * w: 2, :]  # (N, H, W, O) at offsets (a, b)
+        for a in range(kh_size)
+        for b in range(kw_size)
+    ]
+    dk = jnp.einsum("nhwc,nhwko->kco", x, jnp.stack(taps, axis=3))  # (16, C, O)
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+up_conv_transpose.defvjp(_up_fwd, _up_bwd)
+
+
+class _ConvTranspose(nn.Module):
+    """A flax ``nn.ConvTranspose`` twin (same parameter names, shapes and initialisation) for the two
+    shapes the generator uses: ``"base"`` (1×1 map, k×k, VALID) and ``"up"`` (k4, stride 2, SAME)."""
+
+    features: int
+    kernel_size: int
+    kind: str  # "base" | "up"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.kernel_size, self.kernel_size, in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if self.kind == "base":
+            y = base_conv_transpose(x, kernel)
+        else:
+            y = up_conv_transpose(x, kernel)
+        return y + bias
+
+
 class ConvGenerator(nn.Module):
     """Generator g_β(z): transposed convolutions from z (N, nz) to images (N, image_size, image_size, channels).
 
@@ -139,11 +215,10 @@ class ConvGenerator(nn.Module):
             raise ValueError(f"z must have shape (N, nz), got z.shape={z.shape}")
         base, num_doublings = generator_layout(self.image_size)
         widths = self.widths if self.widths is not None else _default_widths(self.ngf, num_doublings)
-        x = z[:, None, None, :]  # (N, 1, 1, nz)
-        x = nn.ConvTranspose(widths[0], (base, base), strides=(1, 1), padding="VALID", name="base")(x)
+        x = _ConvTranspose(widths[0], base, "base", name="base")(z)  # (N, base, base, widths[0])
         for i, features in enumerate(widths[1:] + (self.channels,)):
             x = nn.leaky_relu(x, self.negative_slope)
-            x = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=f"up_{i}")(x)
+            x = _ConvTranspose(features, 4, "up", name=f"up_{i}")(x)
         return jnp.tanh(x)  # (N, image_size, image_size, channels)
 
 

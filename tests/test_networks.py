@@ -3,6 +3,7 @@
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +15,11 @@ from lebm_jax.networks import (
     EnergyMLP,
     LinearGenerator,
     QuadraticTilt,
+    base_conv_transpose,
     generator_layout,
     linear_generator_matrices,
     quadratic_tilt_matrices,
+    up_conv_transpose,
 )
 
 NZ = 6
@@ -186,6 +189,64 @@ def test_conv_generator_matches_pytorch_semantics():
     expected = np.tanh(_torch_conv_transpose(h, *torch_weight(p["up_0"]), 2, 1))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
+
+
+class _FlaxConvTransposeGenerator(nn.Module):
+    """The generator written with flax's own nn.ConvTranspose: the reference ConvGenerator must equal."""
+
+    image_size: int
+    channels: int
+    widths: tuple
+
+    @nn.compact
+    def __call__(self, z):
+        base, _ = generator_layout(self.image_size)
+        x = nn.ConvTranspose(self.widths[0], (base, base), padding="VALID", name="base")(z[:, None, None, :])
+        for i, features in enumerate(self.widths[1:] + (self.channels,)):
+            x = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=f"up_{i}")(
+                nn.leaky_relu(x, 0.2))
+        return jnp.tanh(x)
+
+
+@pytest.mark.parametrize("image_size, widths", [(16, (12, 6)), (28, (10, 5))])
+def test_conv_generator_equals_flax_conv_transpose(image_size, widths):
+    # Same parameters from the same key, same images, same parameter and latent gradients.
+    ours = ConvGenerator(image_size=image_size, channels=3, widths=widths)
+    ref = _FlaxConvTransposeGenerator(image_size, 3, widths)
+    z = jax.random.normal(jax.random.key(0), (5, NZ))
+    params = ours.init(jax.random.key(1), z)
+    ref_params = ref.init(jax.random.key(1), z)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+    w = jax.random.normal(jax.random.key(2), (5, image_size, image_size, 3))
+    loss = lambda module: lambda p, z: jnp.sum(w * module.apply(p, z))  # noqa: E731
+    np.testing.assert_allclose(ours.apply(params, z), ref.apply(params, z), rtol=1e-5, atol=1e-6)
+    got = jax.grad(loss(ours), argnums=(0, 1))(params, z)
+    want = jax.grad(loss(ref), argnums=(0, 1))(params, z)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4, 5), (2, 7, 3, 4), (1, 1, 1, 2)])
+def test_up_conv_transpose_gradients_match_autodiff(shape):
+    # The hand-written kernel gradient against JAX's transposition of lax.conv_transpose.
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, shape[-1], 6))
+    dy = jax.random.normal(jax.random.key(2), (shape[0], 2 * shape[1], 2 * shape[2], 6))
+    ref = lambda x, k: jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    y, vjp = jax.vjp(up_conv_transpose, x, kernel)
+    y_ref, vjp_ref = jax.vjp(ref, x, kernel)
+    np.testing.assert_array_equal(y, y_ref)
+    for a, b in zip(vjp(dy), vjp_ref(dy)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_base_conv_transpose_is_the_valid_transposed_convolution():
+    z = jax.random.normal(jax.random.key(0), (3, 5))
+    kernel = jax.random.normal(jax.random.key(1), (7, 7, 5, 4))
+    ref = jax.lax.conv_transpose(z[:, None, None, :], kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(base_conv_transpose(z, kernel), ref, rtol=1e-5, atol=1e-5)
 
 @pytest.mark.parametrize(
     "kwargs, pattern",
