@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lebm_jax import config as config_lib
 from lebm_jax import sampling
 from lebm_jax.checkpoint import Checkpointer, abstract_like
 from lebm_jax.model import LatentEBM
@@ -61,7 +62,7 @@ class Trained:
                 step = steps[-1]
             elif step not in steps:
                 raise ValueError(f"step={step} has no checkpoint in {ckpt.directory}; there are {steps}")
-            config = ml_collections.ConfigDict(ckpt.read_config(step))
+            config = config_lib.from_saved(ckpt.read_config(step))
             model = train.build_model(config)
             template = train.create_train_state(model, train.make_optimizers(config, 1), jax.random.key(0))
             state = ckpt.restore(step, abstract_like(template), config)

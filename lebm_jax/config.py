@@ -66,7 +66,47 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 3
     c.num_samples = 64  # images in each sample grid
     c.num_heldout = 500  # test images for the held-out reconstruction error and log-likelihood
+
+    # Sample quality during training (lebm_jax.evaluation): generated images against the training split.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 5000  # steps between evaluations; 0 = never during training
+    c.eval.num_samples = 10_000  # generated images per evaluation
+    c.eval.feature_space = "auto"  # one of FEATURE_SPACES; "auto": inception when its weights are on disk,
+    #                                else the data set's own classifier when it has labels, else none
+    c.eval.max_reference = 50_000  # training images whose features form the reference statistics
+    c.eval.kid_subsets = 100
+    c.eval.kid_subset_size = 1000
+    c.eval.batch_size = 500  # images per generation / feature batch
+    c.eval.infinity = False  # also FID∞ / KID∞ (costs several FD and KID evaluations)
+    c.eval.heldout_log_px = True  # TI estimate of log p(x) on the held-out images (config.ti's ladder)
+
+    # Variance of the learning gradient during training (lebm_jax.gradstats, DESIGN §5).
+    c.gradstats = ml_collections.ConfigDict()
+    c.gradstats.every = 1000  # steps between measurements; 0 = never
+    c.gradstats.num_draws = 8  # R: independent (batch, chain) draws, and chain draws per fixed batch
+    c.gradstats.num_batches = 1  # M: fixed batches for the MCMC variance
+    c.gradstats.chunk = 0  # draws computed at once; 0 = all R at once
     return c
+
+
+FEATURE_SPACES = ("auto", "inception", "classifier", "none")
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved with a run (config.json / the checkpoint's copy), with fields added since then
+    taken from `base_config()` so older runs still load."""
+
+    def merge(base: ml_collections.ConfigDict, values: dict) -> None:
+        for name, value in values.items():
+            if isinstance(value, dict) and name in base and isinstance(base[name], ml_collections.ConfigDict):
+                merge(base[name], value)
+            else:
+                base[name] = value
+
+    config = base_config()
+    with config.unlocked():
+        merge(config, saved)
+    return config
 
 
 def _positive_int(value) -> bool:
@@ -141,4 +181,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("log_every", "checkpoint_every", "sample_every"):
         if config[field] % config.steps_per_dispatch:
             bad("steps_per_dispatch", config.steps_per_dispatch, f"must divide {field}={config[field]}")
+    for group, field in (("eval", "every"), ("gradstats", "every"), ("gradstats", "chunk")):
+        value = config[group][field]
+        if not (_positive_int(value) or value == 0) or isinstance(value, bool):
+            bad(f"{group}.{field}", value, "must be an int >= 0 (0: never / all at once)")
+    for group, field in (("eval", "every"), ("gradstats", "every")):
+        if config[group][field] % config.steps_per_dispatch:
+            bad("steps_per_dispatch", config.steps_per_dispatch, f"must divide {group}.{field}={config[group][field]}")
+    if config.eval.feature_space not in FEATURE_SPACES:
+        bad("eval.feature_space", config.eval.feature_space, f"must be one of {FEATURE_SPACES}")
+    for field in ("num_samples", "max_reference", "kid_subsets", "kid_subset_size", "batch_size"):
+        if not _positive_int(config.eval[field]):
+            bad(f"eval.{field}", config.eval[field], "must be an int >= 1")
+    if config.eval.num_samples < 2:
+        bad("eval.num_samples", config.eval.num_samples, "must be >= 2 (a covariance needs two samples)")
+    for field in ("infinity", "heldout_log_px"):
+        if not isinstance(config.eval[field], bool):
+            bad(f"eval.{field}", config.eval[field], "must be True or False")
+    if not (_positive_int(config.gradstats.num_draws) and config.gradstats.num_draws >= 2):
+        bad("gradstats.num_draws", config.gradstats.num_draws, "must be an int >= 2 (a variance needs two draws)")
+    if not _positive_int(config.gradstats.num_batches):
+        bad("gradstats.num_batches", config.gradstats.num_batches, "must be an int >= 1")
     return config

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from lebm_jax import config as config_lib
 from lebm_jax import data as data_lib
-from lebm_jax import images, sampling
+from lebm_jax import evaluation, images, sampling
 from lebm_jax.checkpoint import Checkpointer, abstract_like
 from lebm_jax.model import LatentEBM, image_model
 from lebm_jax.objectives import ChainSpec, loss_and_grads, make_objective
@@ -215,26 +215,6 @@ def global_batches(data: np.ndarray, config, first_step: int, num: int, mesh) ->
 
 
 # --- evaluation during training -----------------------------------------------------------------
-def make_heldout_fn(model: LatentEBM, config: ml_collections.ConfigDict) -> Callable:
-    """Jitted (params, x, key) -> reconstruction error and posterior log-likelihood on held-out images.
-
-    recon_mse: mean squared error per pixel of g_β(z⁺) against x in [-1, 1], z⁺ from the posterior
-    chain; posterior_log_lik: mean over examples of log p_β(x|z⁺) (constant included).
-    """
-    chain = chain_spec(config.posterior_chain, through_generator=True)
-
-    @jax.jit
-    def fn(params, x, key):
-        z = sampling.posterior_latents(model, chain, params, x, key).z
-        recon = model.generate(params["gen"], z)
-        return {
-            "heldout/recon_mse": jnp.mean((recon - x) ** 2),
-            "heldout/posterior_log_lik": jnp.mean(model.log_likelihood(params["gen"], x, z)),
-        }
-
-    return fn
-
-
 def make_sample_fn(model: LatentEBM, config: ml_collections.ConfigDict) -> Callable:
     """Jitted (params, key) -> config.num_samples generated images."""
     chain = chain_spec(config.prior_chain, through_generator=False)
@@ -271,9 +251,9 @@ def train_and_evaluate(
     """
     config_lib.validate(config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     lead = jax.process_index() == 0
-    data = dataset if dataset is not None else data_lib.load(config.data)
+    data = dataset if dataset is not None else data_lib.load(config.data)  # before the workdir: bad data leaves none
+    os.makedirs(workdir, exist_ok=True)
     spe = data_lib.steps_per_epoch(data.train.shape[0], config.batch_size)
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the {jax.device_count()} devices")
@@ -285,6 +265,7 @@ def train_and_evaluate(
     mesh = data_mesh()
     replicated = NamedSharding(mesh, P())
     k_init, seed_key, k_eval, k_sample = jax.random.split(jax.random.key(config.seed), 4)
+    k_quality, k_gradstats = jax.random.split(jax.random.fold_in(k_eval, 2**32 - 1))  # no step reaches it
     state = create_train_state(model, optimizers, k_init)
 
     ckpt = Checkpointer(workdir, config.max_to_keep)
@@ -304,20 +285,49 @@ def train_and_evaluate(
     quiet_library_logs()
     writer = create_writer(workdir, lead, step)
     history: list[dict] = []
-    heldout_fn, sample_fn = make_heldout_fn(model, config), make_sample_fn(model, config)
+    heldout_fn = evaluation.make_heldout_fn(model, objective.posterior_chain,
+                                            config.ti if config.eval.heldout_log_px else None)
+    sample_fn = make_sample_fn(model, config)
     x_heldout = jnp.asarray(data_lib.to_float(data.test[: config.num_heldout]))
+    quality = grad_stats = None
+    if config.eval.every:
+        quality = evaluation.SampleQuality.from_config(config, model, objective.prior_chain, data, mesh)
+        if quality is not None and quality.space.info and lead:
+            writer.write_hparams({k: float(v) for k, v in quality.space.info.items()})
+            logging.info("feature space %s: %s", quality.space.name, quality.space.info)
+    if config.gradstats.every:
+        grad_stats = evaluation.GradientStats(config.gradstats, objective, data.train, config.batch_size)
+    seconds = {"samples": 0.0, "eval": 0.0, "gradstats": 0.0}  # time spent in each evaluator this session
 
     def log(at: int, metrics: dict) -> None:
         writer.write_scalars(at, metrics)
         history.append({"step": at, **metrics})
 
     def evaluate(at: int, params) -> None:
+        t = time.time()
         metrics = host_value(heldout_fn(params, x_heldout, jax.random.fold_in(k_eval, at)))
         log(at, {k: float(v) for k, v in metrics.items()})
         grid = host_value(sample_fn(params, jax.random.fold_in(k_sample, at)))  # every process takes part
         if lead:
             path = os.path.join(workdir, "samples", f"samples_{at:07d}.png")
             images.save_grid(grid, path, scale=max(1, 128 // config.data.image_size))
+        seconds["samples"] += time.time() - t
+
+    def measure(at: int, params) -> None:
+        """Sample quality and gradient statistics, when due at step ``at``."""
+        out = {}
+        if quality is not None and (at % config.eval.every == 0 or at == config.num_steps):
+            t = time.time()
+            out.update({f"eval/{k}": v for k, v in quality(params, jax.random.fold_in(k_quality, at)).items()})
+            seconds["eval"] += time.time() - t
+            out["time/eval_seconds"] = seconds["eval"]
+        if grad_stats is not None and (at % config.gradstats.every == 0 or at == config.num_steps):
+            t = time.time()
+            out.update(grad_stats(params, jax.random.fold_in(k_gradstats, at)))
+            seconds["gradstats"] += time.time() - t
+            out["time/gradstats_seconds"] = seconds["gradstats"]
+        if out:
+            log(at, out)
 
     if lead:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -328,11 +338,13 @@ def train_and_evaluate(
         if lead:
             logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
         evaluate(0, state.params)
+        measure(0, state.params)
 
     train_fn = make_train_fn(objective, optimizers, mesh)
     k = config.steps_per_dispatch
     t_start, s_start, last_good = time.time(), step, start
-    t_log, s_log = t_start, step
+    e_start = sum(seconds.values())
+    t_log, s_log, e_log = t_start, step, e_start
 
     def check_finite(st) -> None:
         bad = int(host_value(st.nonfinite_step))
@@ -352,9 +364,11 @@ def train_and_evaluate(
                 metrics = {name: float(v) for name, v in host_value(metrics).items()}
                 check_finite(state)
                 now = time.time()
-                metrics["steps_per_sec"] = (step - s_log) / max(now - t_log, 1e-9)
+                evaluating = sum(seconds.values())  # evaluator time is not training time
+                metrics["steps_per_sec"] = (step - s_log) / max(now - t_log - (evaluating - e_log), 1e-9)
+                metrics["time/train_seconds"] = now - t_start - (evaluating - e_start)  # this session, compile included
                 metrics["lr_ebm"], metrics["lr_gen"] = float(lrs["ebm"](step - 1)), float(lrs["gen"](step - 1))
-                t_log, s_log = now, step
+                t_log, s_log, e_log = now, step, evaluating
                 log(step, metrics)
                 if lead:
                     rate = (step - s_start) / max(now - t_start, 1e-9)
@@ -371,6 +385,7 @@ def train_and_evaluate(
             if step % config.sample_every == 0 or step == config.num_steps:
                 check_finite(state)
                 evaluate(step, state.params)
+            measure(step, state.params)
     finally:
         writer.flush()
         ckpt.close()

@@ -63,10 +63,14 @@ class JsonlWriter(metric_writers.MetricWriter):
         self._file.close()
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
 def read_jsonl(path: str) -> list[dict]:
-    """The rows a JsonlWriter wrote, in order."""
+    """The rows a JsonlWriter wrote, in order; "nan"/"inf"/"-inf" strings become floats again."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
 
 
 def create_writer(workdir: str, lead: bool, start_step: int = 0) -> metric_writers.MetricWriter:

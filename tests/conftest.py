@@ -1,6 +1,13 @@
 """pytest hooks: print the table of exact-answer comparisons that `mc.check_close` recorded."""
 
+import os
+import tempfile
+
 from mc import RECORDS
+
+# Classifiers, reference statistics and weights the tests compute go to a fresh folder, never the user's
+# cache; subprocesses inherit it.
+os.environ["LEBM_JAX_CACHE"] = tempfile.mkdtemp(prefix="lebm_jax_test_cache_")
 
 
 def pytest_terminal_summary(terminalreporter):

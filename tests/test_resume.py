@@ -61,6 +61,9 @@ TINY = {
     "checkpoint_every": 1,
     "sample_every": 1000,
     "max_to_keep": 100,
+    "eval.every": 0,
+    "gradstats.every": 0,
+    "eval.heldout_log_px": False,
 }
 
 
