@@ -20,6 +20,9 @@ def get_config():
     c.data.channels = 1
     c.model.latent_dim = 16
     c.model.ngf = 16
+    # 16 → 32 (4×4) → 16 (8×8) → 1 (16×16) channels: samples as good (classifier FD 71 vs 68 after 600
+    # steps) as ngf 16's 128/64, at a quarter of the cost, which keeps the 10-rung ti variant in minutes.
+    c.model.generator_widths = (32, 16)
     c.model.ebm_hidden = 64
     c.optim.lr_ebm = 1e-4
     c.optim.lr_gen = 1e-3

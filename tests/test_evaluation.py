@@ -99,7 +99,8 @@ def test_feature_space_auto(digits, monkeypatch, tmp_path):
 
 def test_generate_fn_is_the_prior_sampler_with_a_per_device_key():
     config = load_config("digits")
-    config.update_from_flattened_dict({"model.ngf": 4, "model.latent_dim": 4, "prior_chain.num_steps": 3})
+    config.update_from_flattened_dict({"model.ngf": 4, "model.generator_widths": (), "model.latent_dim": 4,
+                                       "prior_chain.num_steps": 3})
     model = train.build_model(config)
     chain = train.chain_spec(config.prior_chain, through_generator=False)
     params = model.init(jax.random.key(0))
@@ -122,7 +123,8 @@ def short_run(tmp_path_factory, digits):
     workdir = tmp_path_factory.mktemp("eval_run")
     config = load_config("digits")
     config.update_from_flattened_dict({
-        "model.latent_dim": 8, "model.ngf": 4, "model.ebm_hidden": 16, "prior_chain.num_steps": 10,
+        "model.latent_dim": 8, "model.ngf": 4, "model.generator_widths": (), "model.ebm_hidden": 16,
+        "prior_chain.num_steps": 10,
         "posterior_chain.num_steps": 8, "ti.num_temps": 3, "batch_size": 32, "num_heldout": 64,
         "num_samples": 4, "num_steps": RUN_STEPS, "log_every": 2, "checkpoint_every": RUN_STEPS,
         "sample_every": RUN_STEPS, "eval.every": 2, "eval.num_samples": 300, "eval.batch_size": 100,

@@ -51,6 +51,7 @@ TINY = {
     "data.test_fraction": 0.25,
     "model.latent_dim": 4,
     "model.ngf": 4,
+    "model.generator_widths": (),  # widths from ngf
     "model.ebm_hidden": 8,
     "prior_chain.num_steps": 3,
     "posterior_chain.num_steps": 3,

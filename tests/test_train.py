@@ -32,6 +32,7 @@ DEVICES_SCRIPT = Path(__file__).resolve().parent / "train_devices_script.py"
 TINY = {
     "model.latent_dim": 4,
     "model.ngf": 4,
+    "model.generator_widths": (),  # widths from ngf
     "model.ebm_hidden": 8,
     "prior_chain.num_steps": 3,
     "posterior_chain.num_steps": 3,
@@ -344,7 +345,7 @@ def test_short_digits_run_learns(variant, tmp_path):
     steps = LEARNING_STEPS
     config = load_config("digits")
     config.update_from_flattened_dict({
-        "variant": variant, "model.latent_dim": 8, "model.ngf": 4, "model.ebm_hidden": 16,
+        "variant": variant, "model.latent_dim": 8, "model.ngf": 4, "model.generator_widths": (), "model.ebm_hidden": 16,
         "prior_chain.num_steps": 10, "posterior_chain.num_steps": 8, "ti.num_temps": 3, "batch_size": 32,
         "optim.lr_gen": 3e-3, "num_heldout": 100, "num_samples": 4, "num_steps": steps,
         "log_every": LEARNING_LOG_EVERY, "checkpoint_every": steps, "sample_every": steps,

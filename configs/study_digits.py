@@ -1,0 +1,47 @@
+r"""The variance study on scikit-learn's digits: the README's main job, minutes on two CPU cores.
+
+    python -m experiments.study --config configs/study_digits.py --workdir runs/study
+    python -m experiments.report --workdir runs/study        # (also run at the end of the study)
+
+vanilla and ti with N = 10 rungs for p ∈ {0.3, 1, 3}, two seeds each: 8 runs of configs/digits.py
+shortened to 200 steps at batch 50, with the gradient statistics (R = 4 draws) and the classifier-space
+sample quality (500 samples) every 50 steps. Override any training field with --config.train.<field>.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def _digits():
+    spec = importlib.util.spec_from_file_location("_digits", Path(__file__).with_name("digits.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.name = "digits"
+    t = _digits()
+    t.batch_size = 50
+    t.num_steps = 200
+    t.log_every = 25
+    t.checkpoint_every = 100
+    t.sample_every = 200
+    t.num_heldout = 297
+    t.eval.every = 50
+    t.eval.num_samples = 500
+    t.eval.kid_subsets = 10
+    t.eval.kid_subset_size = 250
+    t.gradstats.every = 50
+    t.gradstats.num_draws = 4
+    c.train = t
+    c.vanilla = True
+    c.batch_sizes = ()  # extra vanilla batch sizes
+    c.powers = (0.3, 1.0, 3.0)
+    c.num_temps = 10
+    c.seeds = (0, 1)
+    c.compile_cache = True  # XLA's persistent cache: the second seed of a group compiles nothing
+    return c
