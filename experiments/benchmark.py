@@ -1,0 +1,58 @@
+r"""Benchmark the training step or the samplers of a config on random data (no data set is read).
+
+    python -m experiments.benchmark --config configs/svhn.py
+    python -m experiments.benchmark --config configs/svhn.py --config.variant=ti --steps 20 --json ti.json
+    python -m experiments.benchmark --config configs/digits.py --mode sampler
+
+--mode train (default): compile time, median and spread of the step time over --steps steps after
+warm-up, images/s, the time split between prior chains, posterior chains and the update, FLOPs per
+step counted on the jaxpr (loops × trip count) next to XLA's estimate, achieved GFLOP/s against a
+measured float32 matmul peak, and memory. --mode sampler: prior samples/s and posterior chains/s.
+See lebm_jax/benchmark.py for what each number means.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sampler"], "What to benchmark.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Training steps (train) or calls (sampler) to time, at least 10.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Dispatches run after compilation and before timing (train).")
+_PHASES = flags.DEFINE_bool("phases", True, "Also time prior chains, posterior chains and the update apart (train).")
+_MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 0, "n of the n×n float32 matmul peak; 0: 4096, 1024 on CPU.")
+_JSON = flags.DEFINE_string("json", None, "Write the result to this JSON file.")
+_ALLOW_FEW_STEPS = flags.DEFINE_bool("allow_few_steps", False, "Smoke tests only: allow --steps below 10.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from lebm_jax import benchmark
+    from lebm_jax import config as config_lib
+
+    config = _CONFIG.value
+    try:  # before any compilation: a bad value stops here with its name
+        config_lib.validate(config)
+        if _STEPS.value < benchmark.MIN_STEPS and not _ALLOW_FEW_STEPS.value:
+            raise ValueError(f"--steps={_STEPS.value}: time at least {benchmark.MIN_STEPS} steps")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    name = config_flags.get_config_filename(flags.FLAGS["config"])
+    common = dict(matmul_size=_MATMUL_SIZE.value or None, config_name=name, allow_few_steps=_ALLOW_FEW_STEPS.value)
+    if _MODE.value == "train":
+        result = benchmark.benchmark_train(config, steps=_STEPS.value, warmup=_WARMUP.value, phases=_PHASES.value,
+                                           **common)
+    else:
+        result = benchmark.benchmark_sampler(config, repeats=_STEPS.value, **common)
+    print(benchmark.format_table(result), flush=True)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {_JSON.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,259 @@
+"""The benchmark: the FLOP counter on hand-computable programs, FLOPs of the training step against the
+chain lengths and the ladder, and the CLI end to end. No timing is asserted.
+
+The CLI runs here time 2 steps (--allow_few_steps, a smoke-test switch); real runs time at least 10.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
+
+from lebm_jax import benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "model.latent_dim": 4,
+    "model.ngf": 4,
+    "model.generator_widths": (8, 4),
+    "model.ebm_hidden": 8,
+    "prior_chain.num_steps": 3,
+    "posterior_chain.num_steps": 3,
+    "ti.num_temps": 3,
+    "batch_size": 8,
+    "num_samples": 4,
+}
+
+
+def tiny_digits(**overrides):
+    spec = importlib.util.spec_from_file_location("_config_digits", REPO / "configs" / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.lock()
+    config.update_from_flattened_dict({**TINY, **overrides})
+    return config
+
+
+def xla(fn, *args) -> float:
+    return benchmark.xla_flops(jax.jit(fn).lower(*args).compile())
+
+
+# --- the counter on programs whose FLOPs are known ---------------------------------------------------
+def test_dot_general_exact():
+    a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+    count = benchmark.count_flops(jnp.matmul, a, b)
+    assert count.dot == count.total == 2 * 8 * 4 * 16
+    assert xla(jnp.matmul, a, b) == count.dot
+    batched = benchmark.count_flops(lambda x, y: jnp.einsum("bij,bjk->bik", x, y), jnp.ones((3, 8, 16)),
+                                    jnp.ones((3, 16, 4)))
+    assert batched.dot == 3 * 2 * 8 * 4 * 16
+
+
+def _conv(dims, **kw):
+    return lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=dims, **kw)
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+CONV_CASES = {
+    # 5×5 input, 3×3 kernel, stride 2, padding 1: outputs 0, 1, 2 per axis see 2, 3, 2 real taps → 7² of 3²·3²
+    "stride2_pad1": (_conv(NHWC, window_strides=(2, 2), padding=((1, 1), (1, 1))), (2, 5, 5, 2), (3, 3, 2, 3),
+                     2 * 2 * 3 * 2 * 7**2, 2 * 2 * 3 * 2 * 3**2 * 3**2),
+    # transposed-conv form: 3×3 input dilated to 5×5 (real at 0, 2, 4), padding 1: 1, 2, 1, 2, 1 taps → 7² of 5²·3²
+    "lhs_dilation": (_conv(NHWC, window_strides=(1, 1), padding=((1, 1), (1, 1)), lhs_dilation=(2, 2)),
+                     (1, 3, 3, 2), (3, 3, 2, 3), 2 * 3 * 2 * 7**2, 2 * 3 * 2 * 5**2 * 3**2),
+    # two feature groups of 2 input channels, 6 outputs, VALID: 3² outputs × 3² taps × 2 inputs per group
+    "groups": (_conv(NHWC, window_strides=(1, 1), padding="VALID", feature_group_count=2), (1, 5, 5, 4),
+               (3, 3, 2, 6), 2 * 6 * 2 * 3**2 * 3**2, 2 * 6 * 2 * 3**2 * 3**2),
+    # 1-D, kernel 3 with rhs dilation 2 (span 5) over 7 positions, VALID: 3 outputs × 3 taps
+    "rhs_dilation": (_conv(("NWC", "WIO", "NWC"), window_strides=(1,), padding="VALID", rhs_dilation=(2,)),
+                     (1, 7, 1), (3, 1, 1), 2 * 3 * 3, 2 * 3 * 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_exact(case):
+    fn, x_shape, w_shape, exact, dense = CONV_CASES[case]
+    x, w = jnp.ones(x_shape), jnp.ones(w_shape)
+    count = benchmark.count_flops(fn, x, w)
+    assert count.conv == count.total == exact
+    assert count.conv_dense == dense
+    assert xla(fn, x, w) == exact  # XLA counts the taps on real input the same way
+
+
+def test_scan_multiplies_by_length_and_nests():
+    n, w, c0 = 4, jnp.ones((4, 4)), jnp.ones((4, 4))
+    body = 2 * n**3
+
+    def chain(c, length):
+        return lax.scan(lambda c, _: (c @ w, None), c, None, length=length)[0]
+
+    assert benchmark.count_flops(lambda c: chain(c, 5), c0).total == 5 * body
+    nested = lambda c: lax.scan(lambda c, _: (chain(c, 4), None), c, None, length=3)[0]  # noqa: E731
+    assert benchmark.count_flops(nested, c0).total == 12 * body
+    # unrolling changes the program XLA gets, not the count
+    unrolled = lambda c: lax.scan(lambda c, _: (c @ w, None), c, None, length=6, unroll=True)[0]  # noqa: E731
+    assert benchmark.count_flops(unrolled, c0).total == 6 * body
+
+
+def test_grad_of_matmul_is_three_forward_matmuls():
+    a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+    forward = 2 * 8 * 4 * 16
+    both = (0, 1)
+    count = benchmark.count_flops(jax.value_and_grad(lambda a, b: jnp.sum(a @ b), argnums=both), a, b)
+    assert count.dot == 3 * forward  # a @ b, g @ bᵀ, aᵀ @ g
+    count = benchmark.count_flops(jax.grad(lambda a, b: jnp.sum(jnp.tanh(a @ b)), argnums=both), a, b)
+    assert count.dot == 3 * forward
+    # the gradient of a linear function does not need its value: the forward product is dead code
+    assert benchmark.count_flops(jax.grad(lambda a, b: jnp.sum(a @ b), argnums=both), a, b).dot == 2 * forward
+
+
+def test_elementwise_and_integer_work():
+    x = jnp.ones((10, 10))
+    count = benchmark.count_flops(lambda x: jnp.tanh(x) + 1.0, x)
+    assert count.elementwise == count.total == 200
+    assert benchmark.count_flops(lambda i: i * 3 + 1, jnp.ones((10, 10), jnp.int32)).total == 0
+    assert benchmark.count_flops(lambda x: jnp.sum(x), x).total == 100
+
+
+def test_while_counted_once_and_reported_cond_takes_costliest_branch():
+    w, c0 = jnp.ones((4, 4)), jnp.ones((4, 4))
+    count = benchmark.count_flops(lambda c: lax.while_loop(lambda c: c[0, 0] < 0, lambda c: c @ w, c), c0)
+    assert count.dot == 2 * 4**3 and count.while_loops == 1
+    assert benchmark.count_flops(lambda c: chain_free(c, w), c0).while_loops == 0
+    branches = lambda p, c: lax.cond(p, lambda c: (c @ w) @ w, lambda c: c @ w, c)  # noqa: E731
+    assert benchmark.count_flops(branches, True, c0).dot == 2 * 2 * 4**3
+
+
+def chain_free(c, w):
+    return c @ w
+
+
+def test_dead_code_not_counted():
+    a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+
+    def fn(a, b):
+        unused = a.T @ a  # noqa: F841  (traced, never used)
+        return a @ b
+
+    count = benchmark.count_flops(fn, a, b)
+    assert count.dead_code_eliminated
+    assert count.dot == 2 * 8 * 4 * 16
+    assert benchmark.count_flops(fn, a, b, dce=False).dot == 2 * 8 * 4 * 16 + 2 * 16 * 16 * 8
+
+
+def test_shard_map_counts_every_device():
+    mesh = AbstractMesh((4,), ("d",))
+    fn = jax.shard_map(lambda a, b: a @ b, mesh=mesh, in_specs=(P("d"), P()), out_specs=P("d"))
+    assert benchmark.count_flops(fn, jnp.ones((8, 16)), jnp.ones((16, 4))).dot == 2 * 8 * 4 * 16  # 4 × (2, 16)@(16, 4)
+
+
+def test_time_fn_threads_a_carried_state():
+    calls = []
+
+    def step(state, x):
+        calls.append(int(state))
+        return state + x, state * 2
+
+    timing = benchmark.time_fn(step, jnp.asarray(0), jnp.asarray(1), repeats=3, warmup=2, carry=True)
+    assert calls == [0, 1, 2, 3, 4] and len(timing.seconds) == 3
+    summary = timing.summary(per=2)
+    assert summary["min_ms"] <= summary["median_ms"] <= summary["max_ms"]
+
+
+# --- FLOPs of the training step against the chains and the ladder -----------------------------------
+def test_step_flops_grow_linearly_with_posterior_steps():
+    f = {k: benchmark.step_flops(tiny_digits(**{"posterior_chain.num_steps": k})) for k in (2, 4, 8)}
+    # K steps evaluate the posterior score K + 1 times (z_0 and after each step): generator forward and
+    # input gradient, and the EBM's, are the same program each time
+    for k in (2, 4):
+        assert f[2 * k]["posterior"].matmul / f[k]["posterior"].matmul == pytest.approx((2 * k + 1) / (k + 1), rel=1e-12)
+    # everything else in the step is independent of K: its FLOPs are affine in K, the slope is the posterior's
+    slope = f[4]["step"].total - f[2]["step"].total
+    assert f[8]["step"].total - f[4]["step"].total == pytest.approx(2 * slope, rel=1e-12)
+    assert slope == pytest.approx(f[4]["posterior"].total - f[2]["posterior"].total, rel=1e-12)
+    assert f[8]["prior"].total == f[2]["prior"].total and f[8]["update"].total == f[2]["update"].total
+    # the pieces add up to the step, up to its small bookkeeping (pmean, finite checks, gradient norms)
+    pieces = sum(f[4][name].total for name in ("prior", "posterior", "update"))
+    assert pieces == pytest.approx(f[4]["step"].total, rel=0.02)
+    assert not f[4]["step"].while_loops and f[4]["step"].dead_code_eliminated
+
+
+def test_step_flops_grow_linearly_with_rungs():
+    vanilla = benchmark.step_flops(tiny_digits())
+    ti = {t: benchmark.step_flops(tiny_digits(**{"variant": "ti", "ti.num_temps": t})) for t in (2, 3, 5)}
+    for t, f in ti.items():  # one chain per rung: T times the vanilla posterior's products
+        assert f["posterior"].matmul == pytest.approx(t * vanilla["posterior"].matmul, rel=1e-12)
+        assert f["prior"].total == vanilla["prior"].total
+    slope = ti[3]["step"].total - ti[2]["step"].total
+    assert ti[5]["step"].total - ti[3]["step"].total == pytest.approx(2 * slope, rel=1e-9)
+    assert ti[5]["step"].total > 4 * vanilla["posterior"].total
+
+
+def test_prior_flops_grow_linearly_with_prior_steps():
+    f = {k: benchmark.step_flops(tiny_digits(**{"prior_chain.num_steps": k}))["prior"].matmul for k in (3, 7)}
+    assert f[7] / f[3] == pytest.approx(8 / 4, rel=1e-12)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------
+TINY_FLAGS = [f"--config.{k}={v}".replace(" ", "") for k, v in TINY.items()] + ["--matmul_size=64", "--warmup=1"]
+
+
+def test_cli_end_to_end(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    base = [sys.executable, "-m", "experiments.benchmark", "--config", "configs/digits.py", *TINY_FLAGS]
+    runs = {
+        "train": [*base, "--steps=2", "--allow_few_steps", f"--json={tmp_path / 'train.json'}"],
+        "sampler_ti": [*base, "--config.variant=ti", "--mode=sampler", "--steps=2", "--allow_few_steps",
+                       f"--json={tmp_path / 'sampler.json'}"],
+        "unknown_key": [*base, "--config.modle.ngf=3"],
+        "few_steps": [*base, "--steps=2"],
+    }
+    procs = {}
+    for name, command in runs.items():
+        log = open(tmp_path / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    outputs, codes = {}, {}
+    for name, (proc, log) in procs.items():
+        codes[name] = proc.wait(timeout=600)
+        log.close()
+        outputs[name] = (tmp_path / f"{name}.log").read_text()
+
+    assert codes["unknown_key"] != 0 and "'modle'" in outputs["unknown_key"], outputs["unknown_key"][-2000:]
+    assert codes["few_steps"] != 0 and "time at least 10 steps" in outputs["few_steps"], outputs["few_steps"][-2000:]
+    for name in ("train", "sampler_ti"):
+        assert codes[name] == 0, (name, outputs[name][-3000:])
+        assert "backend cpu" in outputs[name]
+
+    result = json.loads((tmp_path / "train.json").read_text())
+    assert {"mode", "header", "compile", "step", "input", "flops", "phases", "memory"} <= set(result)
+    assert {"backend", "device_kind", "device_count", "jax_version", "config", "variant", "batch_size",
+            "prior_steps", "posterior_steps", "rungs", "steps_per_dispatch"} <= set(result["header"])
+    assert set(result["compile"]) == {"trace_s", "lower_s", "compile_s"}
+    assert {"median_ms", "min_ms", "max_ms", "q25_ms", "q75_ms", "images_per_s", "steps_timed"} <= set(result["step"])
+    assert result["step"]["steps_timed"] == 2
+    flops = result["flops"]
+    assert {"per_step", "per_step_by_kind", "xla_per_dispatch", "achieved_gflops_per_s",
+            "peak_matmul_gflops_per_device", "efficiency"} <= set(flops)
+    assert flops["per_step"] > 0 and flops["xla_per_dispatch"] > 0 and flops["peak_matmul"]["size"] == 64
+    assert set(result["phases"]) == {"prior", "posterior", "update", "other"}
+    for phase in result["phases"].values():
+        assert {"ms", "pct", "flops"} <= set(phase)
+    assert {"max_rss_bytes", "compiled_total_bytes"} <= set(result["memory"])
+    assert "FLOPs / step" in outputs["train"] and "time split" in outputs["train"]
+
+    sampler = json.loads((tmp_path / "sampler.json").read_text())
+    assert sampler["mode"] == "sampler" and sampler["header"]["variant"] == "ti" and sampler["header"]["rungs"] == 3
+    assert sampler["prior"]["samples"] == 4 and sampler["prior"]["samples_per_s"] > 0
+    assert sampler["posterior"]["chains"] == 3 * 8 and sampler["posterior"]["chains_per_s"] > 0
+    assert {"flops", "xla_flops", "gflops_per_s", "efficiency", "compile_s"} <= set(sampler["posterior"])
