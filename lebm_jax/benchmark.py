@@ -7,7 +7,7 @@ training code: `lebm_jax.train.make_train_fn` over `data_mesh()`, with the confi
 jitted apart from the same objective (`step_pieces`) and timed on one device's share of the batch, as
 each device runs them inside the step:
 
-    prior      `objectives._sample_prior`: S·b prior chains z⁻ ~ p_α            (K_prior steps)
+    prior      `objectives.sample_prior`: S·b prior chains z⁻ ~ p_α            (K_prior steps)
     posterior  `objectives.sample_power_posteriors`: T·S·b chains z ~ π_t(z|x)   (K_post steps; T = 1 for vanilla)
     update     ∇ of loss_E + loss_G at fixed samples, then both Adam updates
     other      the step's median minus the three: pmean, finite checks, metrics, dispatch. It is small,
@@ -423,10 +423,9 @@ def step_pieces(objective, optimizers: dict) -> dict[str, Callable]:
 
     ``key`` is split per example as the objective's ``sample`` does (integer work, no FLOPs).
     """
-    import optax
-
     from lebm_jax.langevin import split_keys
-    from lebm_jax.objectives import _sample_prior, example_keys, sample_power_posteriors
+    from lebm_jax.objectives import example_keys, sample_power_posteriors, sample_prior
+    from lebm_jax.train import apply_gradients
 
     model = objective.model
 
@@ -434,7 +433,7 @@ def step_pieces(objective, optimizers: dict) -> dict[str, Callable]:
         return split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # (prior, posterior), each (b,)
 
     def prior(params, x, key):
-        return _sample_prior(objective, params, keys(key, x)[0])
+        return sample_prior(objective, params, keys(key, x)[0])
 
     def posterior(params, x, key):
         temps = objective.temperatures if hasattr(objective, "temperatures") else jnp.ones((1,))
@@ -447,11 +446,7 @@ def step_pieces(objective, optimizers: dict) -> dict[str, Callable]:
             return losses.ebm + losses.gen, aux
 
         grads = jax.grad(total, has_aux=True)(params)[0]
-        new_params, new_opt = {}, {}
-        for name in ("ebm", "gen"):
-            updates, new_opt[name] = optimizers[name].update(grads[name], opt_state[name], params[name])
-            new_params[name] = optax.apply_updates(params[name], updates)
-        return new_params, new_opt
+        return apply_gradients(params, opt_state, grads, optimizers)
 
     return {"prior": jax.jit(prior), "posterior": jax.jit(posterior), "update": jax.jit(update)}
 

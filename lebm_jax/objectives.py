@@ -92,7 +92,7 @@ def example_keys(key: Array, batch: int) -> Array:
     return jax.random.split(key, batch)
 
 
-def _sample_prior(objective, params: Params, keys: Array) -> ChainResult:
+def sample_prior(objective, params: Params, keys: Array) -> ChainResult:
     """S·B prior chains z⁻ ~ p_α from π0, shape (S, B, nz); ``keys`` (B,) one per example."""
     model = objective.model
     k0, k = split_keys(keys, 2, key_axis=0)
@@ -144,7 +144,7 @@ class Vanilla:
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
         k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
-        prior = _sample_prior(self, params, k_prior)
+        prior = sample_prior(self, params, k_prior)
         post = sample_power_posteriors(self.model, self.posterior_chain, params, x, k_post, jnp.ones((1,)),
                                        self.num_chains)
         post = jax.tree.map(lambda a: a[0], post)  # the single temperature t = 1
@@ -209,7 +209,7 @@ class ThermodynamicIntegration:
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
         k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
-        prior = _sample_prior(self, params, k_prior)
+        prior = sample_prior(self, params, k_prior)
         rungs = sample_power_posteriors(self.model, self.posterior_chain, params, x, k_post, self.temperatures,
                                         self.num_chains)
         diag = {

@@ -140,40 +140,47 @@ def _format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """The study's progress bar: finished share of the grid's cost, with an ETA.
+    """The study's progress bar: the finished share of the grid's expected time, with an ETA.
 
-    A run's cost is its steps times its rungs (ti) or 1 (vanilla), scaled by the seconds per unit that
-    finished runs of the same variant actually took (a plain unit cost until one has finished).
+    A run is expected to take as long as the finished runs of its group did this session, else those of
+    its variant, scaled by steps; a ti run with none of its variant finished yet counts as a vanilla run
+    times (1 + N)/2 (chains grow N-fold, the rest of a run does not). Until some run has finished the
+    ETA is unknown.
     """
 
     def __init__(self, grid: list[RunSpec], steps: dict[str, int]):
         self.grid, self.steps = grid, steps
-        self.seconds: dict[str, float] = {}  # finished runs this session: name -> wall seconds
+        self.seconds: dict[str, float] = {}  # runs finished this session: name -> wall seconds
         self.start = time.time()
 
-    def _units(self, spec: RunSpec) -> float:
-        return self.steps[spec.name] * (spec.num_temps if spec.variant == "ti" else 1)
+    def _per_step(self, runs: list[RunSpec]) -> float | None:
+        done = [r for r in runs if r.name in self.seconds]
+        if not done:
+            return None
+        return sum(self.seconds[r.name] for r in done) / sum(self.steps[r.name] for r in done)
 
-    def _rate(self, variant: str) -> float | None:
-        done = [s for s in self.grid if s.name in self.seconds and s.variant == variant]
-        units = sum(self._units(s) for s in done)
-        return sum(self.seconds[s.name] for s in done) / units if units else None
+    def expected(self, spec: RunSpec) -> float | None:
+        for same in (lambda r: r.group == spec.group, lambda r: r.variant == spec.variant):
+            rate = self._per_step([r for r in self.grid if same(r)])
+            if rate is not None:
+                return rate * self.steps[spec.name]
+        rate = self._per_step([r for r in self.grid if r.variant == "vanilla"])
+        if rate is not None and spec.variant == "ti":
+            return rate * self.steps[spec.name] * (1 + spec.num_temps) / 2
+        return None
 
     def line(self, done: set[str], current: RunSpec | None) -> str:
-        rates = {v: self._rate(v) for v in ("vanilla", "ti")}
-        known = [r for r in rates.values() if r is not None]
-        fallback = sum(known) / len(known) if known else None
-        cost = {s.name: self._units(s) * (rates[s.variant] or fallback or 1.0) for s in self.grid}
+        expected = {s.name: self.expected(s) for s in self.grid}
+        known = [v for v in expected.values() if v is not None]
+        typical = sum(known) / len(known) if known else 1.0
+        cost = {n: (v if v is not None else typical) for n, v in expected.items()}
         total = sum(cost.values())
-        finished = sum(cost[n] for n in done)
-        fraction = finished / total if total else 1.0
-        elapsed = time.time() - self.start
-        eta = "?"
-        if self.seconds and fallback is not None:
-            eta = _format_seconds(total - finished)
+        left = sum(c for n, c in cost.items() if n not in done)
+        fraction = 1.0 - left / total if total else 1.0
+        eta = _format_seconds(left) if self.seconds else "?"
         where = f"  now {current.name}" if current is not None else ""
         return (f"study {_bar(fraction)} {100 * fraction:3.0f}%  {len(done)}/{len(self.grid)} runs  "
-                f"elapsed {_format_seconds(elapsed)}  ETA {eta}{where}")
+                f"elapsed {_format_seconds(time.time() - self.start)}  ETA {eta}{where}")
 
 
 def run_study(

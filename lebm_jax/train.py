@@ -136,6 +136,15 @@ def _scalar_metrics(losses, aux: dict) -> dict:
     return out
 
 
+def apply_gradients(params, opt_state, grads, optimizers: dict) -> tuple[dict, dict]:
+    """One Adam update of each parameter set with its own optimiser: (new params, new optimiser states)."""
+    new_params, new_opt = {}, {}
+    for name in ("ebm", "gen"):
+        updates, new_opt[name] = optimizers[name].update(grads[name], opt_state[name], params[name])
+        new_params[name] = optax.apply_updates(params[name], updates)
+    return new_params, new_opt
+
+
 def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objective, optimizers: dict) -> tuple:
     """One step on this device's share x (b, H, W, C) of the global batch; call inside shard_map/pmap.
 
@@ -153,10 +162,8 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
     grads = jax.lax.pmean(res.grads, AXIS)
     metrics = jax.lax.pmean(_scalar_metrics(res.losses, res.aux), AXIS)
 
-    params, opt_state = {}, {}
+    params, opt_state = apply_gradients(state.params, state.opt_state, grads, optimizers)
     for name in ("ebm", "gen"):
-        updates, opt_state[name] = optimizers[name].update(grads[name], state.opt_state[name], state.params[name])
-        params[name] = optax.apply_updates(state.params[name], updates)
         metrics[f"grad_norm_{name}"] = optax.tree.norm(grads[name])
 
     ok = _all_finite((metrics["loss_ebm"], metrics["loss_gen"], grads, params)) & (state.nonfinite_step == 0)
