@@ -3,7 +3,7 @@ r"""SVHN (cropped digits, 32×32×3) with the settings of Pang et al.'s official
     python -m experiments.train --config configs/svhn.py --workdir runs/svhn
     python -m experiments.train --config configs/svhn.py --workdir runs/svhn_ti --config.variant=ti
 
-Data: tensorflow-datasets ``svhn_cropped`` (downloaded by tfds on first use, or found in
+Data: tensorflow-datasets ``svhn_cropped`` (prepared once with ``tfds build svhn_cropped``, or found in
 ``--config.data.path``, a tfds data_dir). Batch 100, nz 100, ngf 64, EBM 200-200 GELU, σ0 1, σ 0.3,
 prior chain 60 × 0.4, posterior chain 20 × 0.1, Adam 2e-5 / 1e-4 with betas (0.5, 0.999), lr × 0.998
 per epoch; 73,257 training images = 732 steps per epoch.

@@ -35,6 +35,27 @@ STUDY_FILE = "study.json"
 DONE_FILE = "done.json"
 
 
+FULL_SCALE_POWERS = (0.1, 0.3, 1.0, 2.0, 3.0, 6.0, 10.0)
+FULL_SCALE_SEEDS = (0, 1, 2, 3, 4)
+FULL_SCALE_BATCH_SIZES = (25, 50, 200)  # vanilla, besides the training config's own batch size
+
+
+def full_scale(name: str, train_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The study's own settings around a full training config: N = 10 rungs, p ∈ FULL_SCALE_POWERS,
+    five seeds, vanilla also at FULL_SCALE_BATCH_SIZES; Inception FID every 5,000 steps."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    train_config.eval.feature_space = "inception"
+    c.train = train_config
+    c.vanilla = True
+    c.batch_sizes = FULL_SCALE_BATCH_SIZES
+    c.powers = FULL_SCALE_POWERS
+    c.num_temps = 10
+    c.seeds = FULL_SCALE_SEEDS
+    c.compile_cache = True
+    return c
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """One cell of the grid."""

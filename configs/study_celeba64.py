@@ -1,0 +1,25 @@
+r"""The full-scale variance study on CelebA-64: vanilla at batch 100, 25, 50 and 200, and ti with N = 10 rungs for
+p ∈ {0.1, 0.3, 1, 2, 3, 6, 10}, five seeds each (55 runs of configs/celeba64.py, Inception FID every 5,000 steps).
+
+    python -m experiments.study --config configs/study_celeba64.py --workdir runs/study_celeba64
+
+Expected time on one GPU (an estimate, not a measurement: no GPU was at hand). A training step costs
+821 GFLOP (vanilla) and 8196 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
+counts; at an assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 48,840-step run takes about
+0.4 h (vanilla, batch 100) and 4.4 h (ti), so the grid needs about 8 h of vanilla runs and
+156 h of ti runs, some 164 GPU-hours in all, plus evaluation. Run
+``python -m experiments.benchmark --config configs/celeba64.py [--config.variant=ti]`` on the card first and
+scale by its measured step time. Pang et al. report FID 37.87 for the vanilla model.
+"""
+
+import importlib.util
+from pathlib import Path
+
+from lebm_jax.study import full_scale
+
+
+def get_config():
+    spec = importlib.util.spec_from_file_location("_celeba64", Path(__file__).with_name("celeba64.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return full_scale("celeba64", module.get_config())
