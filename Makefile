@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run train test clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job: train on the digits bundled with scikit-learn (no download).
+# The main job: the variance study on the digits bundled with scikit-learn (no download):
+# 8 training runs, then the report in runs/study/report/report.md.
 run: $(STAMP)
+	$(PY) -m experiments.study --config configs/study_digits.py --workdir runs/study
+
+# One training run on the digits.
+train: $(STAMP)
 	$(PY) -m experiments.train --config configs/digits.py --workdir runs/digits
 
 test: $(STAMP)
