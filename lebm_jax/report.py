@@ -42,10 +42,9 @@ from typing import Iterable
 import numpy as np
 
 from lebm_jax import metrics as metrics_lib
+from lebm_jax.study import DONE_FILE, STUDY_FILE
 from lebm_jax.writers import read_jsonl
 
-STUDY_FILE = "study.json"  # as lebm_jax.study writes them
-DONE_FILE = "done.json"
 REPORT_DIR = "report"
 
 FIGURES = {  # key in make_report's result -> file name
