@@ -215,8 +215,8 @@ def assert_each_metric_logged_once(rows: list[dict]) -> None:
 
 
 def training_rows(rows: list[dict], last: int) -> dict[int, dict]:
-    """{step: training metrics} for steps <= last, the wall-clock rate left out."""
-    return {r["step"]: {k: v for k, v in r.items() if k != "steps_per_sec"}
+    """{step: training metrics} for steps <= last, the wall-clock rate and times left out."""
+    return {r["step"]: {k: v for k, v in r.items() if k != "steps_per_sec" and not k.startswith("time/")}
             for r in rows if "loss_ebm" in r and r["step"] <= last}
 
 
