@@ -348,6 +348,11 @@ def train_and_evaluate(
         measure(0, state.params)
 
     train_fn = make_train_fn(objective, optimizers, mesh)
+    from clu import periodic_actions
+
+    # clu's progress report (steps/s, % done and ETA in the log and the work-unit notes) every minute;
+    # the console line below and the logged steps_per_sec leave evaluator time out, it does not.
+    report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, every_secs=60.0)
     k = config.steps_per_dispatch
     t_start, s_start, last_good = time.time(), step, start
     e_start = sum(seconds.values())
@@ -367,6 +372,8 @@ def train_and_evaluate(
             xs = global_batches(data.train, config, step, n, mesh)
             state, metrics = train_fn(state, xs, seed_key)
             step += n
+            if lead:
+                report_progress(step, time.time())
             if step % config.log_every == 0 or step == config.num_steps:
                 metrics = {name: float(v) for name, v in host_value(metrics).items()}
                 check_finite(state)
