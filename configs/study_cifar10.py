@@ -12,14 +12,11 @@ counts; at an assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 50,000
 scale by its measured step time. Pang et al. report FID 70.15 for the vanilla model.
 """
 
-import importlib.util
 from pathlib import Path
 
+from lebm_jax.config import from_file
 from lebm_jax.study import full_scale
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("_cifar10", Path(__file__).with_name("cifar10.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return full_scale("cifar10", module.get_config())
+    return full_scale("cifar10", from_file(Path(__file__).with_name("cifar10.py")))

@@ -8,23 +8,17 @@ shortened to 200 steps at batch 50, with the gradient statistics (R = 4 draws) a
 sample quality (500 samples) every 50 steps. Override any training field with --config.train.<field>.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-
-def _digits():
-    spec = importlib.util.spec_from_file_location("_digits", Path(__file__).with_name("digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from lebm_jax.config import from_file
 
 
 def get_config():
     c = ml_collections.ConfigDict()
     c.name = "digits"
-    t = _digits()
+    t = from_file(Path(__file__).with_name("digits.py"))
     t.batch_size = 50
     t.num_steps = 200
     t.log_every = 25

@@ -12,14 +12,11 @@ counts; at an assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 51,240
 scale by its measured step time. Pang et al. report FID 29.44 for the vanilla model.
 """
 
-import importlib.util
 from pathlib import Path
 
+from lebm_jax.config import from_file
 from lebm_jax.study import full_scale
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("_svhn", Path(__file__).with_name("svhn.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return full_scale("svhn", module.get_config())
+    return full_scale("svhn", from_file(Path(__file__).with_name("svhn.py")))

@@ -92,6 +92,18 @@ def base_config() -> ml_collections.ConfigDict:
 FEATURE_SPACES = ("auto", "inception", "classifier", "none")
 
 
+def from_file(path) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file (e.g. ``configs/svhn.py``), as a study config builds on one."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
     """A config saved with a run (config.json / the checkpoint's copy), with fields added since then
     taken from `base_config()` so older runs still load."""

@@ -16,7 +16,6 @@ array per parameter leaf, named ``params/<path>``, each logged metric averaged o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -35,10 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def digits_config(overrides: dict, variant: str, steps_per_dispatch: int):
-    spec = importlib.util.spec_from_file_location("_digits_config", REPO / "configs" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.from_file(REPO / "configs" / "digits.py")
     config.lock()
     config.update_from_flattened_dict({**overrides, "variant": variant, "steps_per_dispatch": steps_per_dispatch})
     return config_lib.validate(config)
