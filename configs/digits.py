@@ -34,12 +34,12 @@ def get_config():
     c.sample_every = 500
     # Sample quality in the feature space of a classifier trained on the digits' own labels (Inception
     # features of 16×16 grey digits would say little), against all 1,500 training images.
-    c.eval.every = 100
+    c.eval.every = 200
     c.eval.num_samples = 1000
     c.eval.feature_space = "classifier"
     c.eval.kid_subsets = 20
     c.eval.kid_subset_size = 500
     c.eval.batch_size = 500
-    c.gradstats.every = 100
+    c.gradstats.every = 200
     c.gradstats.num_draws = 6
     return c

@@ -120,19 +120,18 @@ def gradient_statistics(
     k_total, k_batches, k_mcmc = jax.random.split(key, 3)
 
     # Total: R independent (B_r, ξ_r).
-    def total_draw(k):
-        kb, kx = jax.random.split(k)
-        return grad_fn(params, minibatch(kb, data, batch_size), kx)
-
-    g_total, _ = _map(total_draw, jax.random.split(k_total, num_draws), chunk)  # leaves (R, ...)
-
+    total_keys = jax.vmap(jax.random.split)(jax.random.split(k_total, num_draws))  # (R, 2): batch, chains
+    xs_total = jax.vmap(lambda k: minibatch(k, data, batch_size))(total_keys[:, 0])  # (R, B, ...)
     # MCMC: M fixed batches, R independent ξ for each.
     batches = jax.vmap(lambda k: minibatch(k, data, batch_size))(jax.random.split(k_batches, num_batches))
-    xs = jnp.repeat(batches, num_draws, axis=0)  # (M·R, B, ...)
-    keys = jax.random.split(k_mcmc, num_batches * num_draws)
-    g_mcmc, losses = _map(lambda a: grad_fn(params, a[0], a[1]), (xs, keys), chunk)
-    unflat = lambda l: l.reshape((num_batches, num_draws) + l.shape[1:])  # noqa: E731
-    g_mcmc, losses = jax.tree.map(unflat, g_mcmc), jax.tree.map(unflat, losses)
+    xs_mcmc = jnp.repeat(batches, num_draws, axis=0)  # (M·R, B, ...)
+    # All R·(1 + M) gradients in one map: one traced (and compiled) gradient program, not two.
+    xs = jnp.concatenate([xs_total, xs_mcmc])
+    keys = jnp.concatenate([total_keys[:, 1], jax.random.split(k_mcmc, num_batches * num_draws)])
+    grads, losses = _map(lambda a: grad_fn(params, a[0], a[1]), (xs, keys), chunk)
+    g_total = jax.tree.map(lambda l: l[:num_draws], grads)  # leaves (R, ...)
+    unflat = lambda l: l[num_draws:].reshape((num_batches, num_draws) + l.shape[1:])  # noqa: E731
+    g_mcmc, losses = jax.tree.map(unflat, grads), jax.tree.map(unflat, losses)
 
     total_var = jax.tree.map(lambda g: jnp.var(g, axis=0, ddof=1), g_total)
     mcmc_var = jax.tree.map(lambda g: jnp.mean(jnp.var(g, axis=1, ddof=1), axis=0), g_mcmc)
