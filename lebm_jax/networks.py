@@ -100,9 +100,11 @@ def _default_widths(ngf: int, num_doublings: int) -> tuple[int, ...]:
 
 # --- transposed convolutions --------------------------------------------------------------------------
 # The generator's layers are flax ConvTranspose layers (same parameters, same results) computed in a way
-# XLA runs fast. On XLA's CPU backend the kernel gradient of a stride-2 transposed convolution (a
-# convolution with a dilated input) runs 20-70x slower than the forward pass, and the base layer (a 1x1
-# map, k x k kernel, VALID) is a dense product evaluated as a padded convolution.
+# XLA's CPU backend runs fast. The base layer (a 1x1 map, k x k kernel, VALID) is a dense product. The
+# stride-2 layers avoid the convolution with a dilated input that flax and jax.grad produce: on CPU XLA's
+# kernel gradient of it runs 20-70x slower than the forward pass, and the forward pass itself up to 2x
+# slower than plain convolutions doing the same work. They are computed over the four output phases as
+# plain (undilated) convolutions or one matrix product instead; `_up_methods` picks one per shape.
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -118,26 +120,150 @@ def _up_reference(x: Array, kernel: Array) -> Array:
     return lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC)
 
 
+# Along each spatial axis y[2i − k + 2] += x[i] K[k] (k = 0..3), i.e. output phase by phase
+#     y[2m] = x[m−1] K[0] + x[m] K[2],     y[2m+1] = x[m] K[1] + x[m+1] K[3]     (x outside [0, H) is 0);
+# _PHASE_TAPS[r][d] is the tap from x[m−1+r+d] to y[2m+r]. Paired as (y[2p−1], y[2p]), p = 0..H, both
+# outputs come from (x[p−1], x[p]) alone:
+#     y[2p−1] = x[p−1] K[1] + x[p] K[3],   y[2p] = x[p−1] K[0] + x[p] K[2];
+# _PAIR_TAPS[d][q] is the tap from x[p−1+d] to y[2p−1+q].
+_PHASE_TAPS = ((0, 2), (1, 3))
+_PAIR_TAPS = ((1, 0), (3, 2))
+_HWOI = ("NHWC", "HWOI", "NHWC")
+
+
+def _tap_kernel(kernel: Array, rows, cols) -> Array:
+    """(2, 2, C, Q·T·O) kernel of a 2×2 convolution: window offset (d, e) reaches output slot (q, t) through
+    K[rows[d][q], cols[e][t]] (slots in (q, t, O) order along the last axis)."""
+    c, o = kernel.shape[2:]
+    k = jnp.stack([
+        jnp.stack([kernel[a, b] for a in rows[d] for b in cols[e]], axis=1)  # (C, Q·T, O)
+        for d in (0, 1) for e in (0, 1)
+    ])
+    return k.reshape(2, 2, c, -1)
+
+
+def _up_forward_row_phases(x: Array, kernel: Array) -> Array:
+    """y as two plain 2×2 convolutions of x, one per row phase r, each with 2·O outputs: the column pair
+    (y[2m+r, 2p−1], y[2m+r, 2p]) at (m, p), p = 0..W, then depth-to-space and a crop of the outer columns
+    ((W+1)/W times the FLOPs)."""
+    n, h, w, _ = x.shape
+    o = kernel.shape[-1]
+    rows = []
+    for r in (0, 1):
+        k = _tap_kernel(kernel, [(a,) for a in _PHASE_TAPS[r]], _PAIR_TAPS)  # (2, 2, C, 2·O)
+        p = lax.conv_general_dilated(x, k, (1, 1), ((1 - r, r), (1, 1)), dimension_numbers=_NHWC)  # (N, H, W+1, 2·O)
+        rows.append(p.reshape(n, h, 2 * w + 2, o)[:, :, 1:-1])
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, o)  # (N, H, 2, 2W, O) -> (N, 2H, 2W, O)
+
+
+def _up_forward_taps(x: Array, kernel: Array) -> Array:
+    """y as one matrix product T = X (NHW, C) @ K (C, 16·O), then each output phase a sum of 4 shifted
+    slices of T (T is 4× the size of y: cheap for small O)."""
+    n, h, w, c = x.shape
+    o = kernel.shape[-1]
+    t = x.reshape(n * h * w, c) @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c, 16 * o)
+    t = jnp.pad(t.reshape(n, h, w, 4, 4, o), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))  # x[m] at m+1
+
+    def phase(r, s):  # (N, H, W, O): y[2m+r, 2l+s]
+        return sum(t[:, r + d: r + d + h, s + e: s + e + w, a, b]
+                   for d, a in enumerate(_PHASE_TAPS[r]) for e, b in enumerate(_PHASE_TAPS[s]))
+
+    y = jnp.stack([jnp.stack([phase(r, s) for s in (0, 1)], axis=3) for r in (0, 1)], axis=2)  # (N, H, 2, W, 2, O)
+    return y.reshape(n, 2 * h, 2 * w, o)
+
+
+def _up_input_grad_phases(dy: Array, kernel: Array) -> Array:
+    """∂x as a sum of four plain 2×2 convolutions, one per phase of ∂y (exact FLOPs): along each axis
+    ∂x[i] = ∂y[2i] K[2]ᵀ + ∂y[2i+2] K[0]ᵀ  +  ∂y[2i−1] K[3]ᵀ + ∂y[2i+1] K[1]ᵀ."""
+    n, h2, w2, o = dy.shape
+    phases = dy.reshape(n, h2 // 2, 2, w2 // 2, 2, o)
+    # window offsets (0, 1) read phase 0 at (i, i+1) (padding (0, 1)), phase 1 at (i−1, i) (padding (1, 0))
+    taps = [[(a,) for a in reversed(_PHASE_TAPS[r])] for r in (0, 1)]
+    dx = 0
+    for r in (0, 1):
+        for s in (0, 1):
+            dx = dx + lax.conv_general_dilated(phases[:, :, r, :, s], _tap_kernel(kernel, taps[r], taps[s]), (1, 1),
+                                               ((r, 1 - r), (s, 1 - s)), dimension_numbers=_HWOI)
+    return dx
+
+
+def _up_input_grad_pairs(dy: Array, kernel: Array) -> Array:
+    """∂x as one plain 2×2 convolution of E[p] = (∂y[2p−1], ∂y[2p]) (space-to-depth, (N, H+1, W+1, 4·O)),
+    exact FLOPs: along each axis ∂x[i] = Σ_{d ∈ {0, 1}} E[i+d] · K[_PAIR_TAPS[1−d]]ᵀ."""
+    n, h2, w2, o = dy.shape
+    h, w = h2 // 2, w2 // 2
+    e = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    e = e.reshape(n, h + 1, 2, w + 1, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, h + 1, w + 1, 4 * o)
+    k = _tap_kernel(kernel, _PAIR_TAPS[::-1], _PAIR_TAPS[::-1])  # (2, 2, C, 4·O)
+    return lax.conv_general_dilated(e, k, (1, 1), "VALID", dimension_numbers=_HWOI)
+
+
+def _up_input_grad_xla(dy: Array, kernel: Array) -> Array:
+    """∂x as XLA computes it for lax.conv_transpose, a 4×4 convolution with stride 2:
+    along each axis ∂x[i] = Σ_u ∂y[2i+u−1] K[3−u]ᵀ."""
+    return lax.conv_general_dilated(dy, kernel[::-1, ::-1], (2, 2), ((1, 1), (1, 1)), dimension_numbers=_HWOI)
+
+
+_UP_FORWARD = {"xla": _up_reference, "row_phases": _up_forward_row_phases, "taps": _up_forward_taps}
+_UP_INPUT_GRAD = {"xla": _up_input_grad_xla, "pairs": _up_input_grad_pairs, "phases": _up_input_grad_phases}
+
+
+def _up_methods(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> tuple[str, str]:
+    """(forward, input gradient) of `up_conv_transpose` for x (N, H, W, C) and K (4, 4, C, O), by O.
+
+    From timings on a 2-core CPU at the generators' shapes: XLA's plain convolutions run fastest with many
+    output channels and a long contraction; with one to a few output channels a matrix product wins. Forward
+    + input gradient in ms, best of 40, XLA's (lax.conv_transpose and its VJP) → this choice:
+        SVHN    4×4×512→256, N 100     62.0 → 56.4   row_phases + phases
+        SVHN    8×8×256→128, N 100     83.2 → 54.5   row_phases + phases
+        SVHN  16×16×128→3,   N 100      5.9 → 5.3    taps + xla
+        digits  4×4×32→16,   N 1000     7.3 → 5.6    row_phases + xla
+        digits  8×8×16→1,    N 1000     4.6 → 2.2    taps + pairs
+    """
+    o = kernel_shape[-1]
+    forward = "taps" if o < 8 else "row_phases"
+    input_grad = "phases" if o >= 64 else ("pairs" if o == 1 else "xla")
+    return forward, input_grad
+
+
+def _cotangent_like(value: Array, primal: Array) -> Array:
+    """`value` given `primal`'s type over shard_map's manual mesh axes (elsewhere a no-op), as a custom_vjp's
+    cotangent must be: summed over the axes only `value` varies over (as the transpose of JAX's implicit
+    broadcast of `primal` would), cast to vary over those only `primal` varies over."""
+    have = jax.typeof(value).manual_axis_type.varying
+    want = jax.typeof(primal).manual_axis_type.varying
+    if have - want:
+        value = lax.psum(value, tuple(sorted(have - want)))
+    if want - have:
+        value = lax.pcast(value, tuple(sorted(want - have)), to="varying")
+    return value
+
+
+def _up_forward(x: Array, kernel: Array) -> Array:
+    return _UP_FORWARD[_up_methods(x.shape, kernel.shape)[0]](x, kernel)
+
+
 @jax.custom_vjp
 def up_conv_transpose(x: Array, kernel: Array) -> Array:
     """ConvTranspose(k4, stride 2, SAME) (= PyTorch's ConvTranspose2d(k4, s2, p1)): (N, H, W, C) -> (N, 2H, 2W, O).
 
-    y[2i − k + 2] += x[i] K[k] along each spatial axis. The forward pass and the input gradient are XLA's;
-    the kernel gradient ∂K[kh, kw] = Σ_{n,i,j} x[n,i,j]ᵀ ∂y[n, 2i−kh+2, 2j−kw+2] is one matrix product over
-    strided slices of ∂y.
+    y[2i − k + 2] += x[i] K[k] along each spatial axis: ``lax.conv_transpose(x, K, (2, 2), "SAME")`` up to float
+    rounding. The forward pass and the input gradient are plain convolutions or a matrix product over the
+    output phases (`_up_methods`); the kernel gradient ∂K[kh, kw] = Σ_{n,i,j} x[n,i,j]ᵀ ∂y[n, 2i−kh+2, 2j−kw+2]
+    is one matrix product over strided slices of ∂y.
     """
-    return _up_reference(x, kernel)
+    return _up_forward(x, kernel)
 
 
 def _up_fwd(x, kernel):
-    return _up_reference(x, kernel), (x, kernel)
+    return _up_forward(x, kernel), (x, kernel)
 
 
 def _up_bwd(residuals, dy):
     x, kernel = residuals
     _, h, w, c = x.shape
     kh_size, kw_size = kernel.shape[:2]
-    (dx,) = jax.vjp(lambda xx: _up_reference(xx, kernel), x)[1](dy)
+    dx = _UP_INPUT_GRAD[_up_methods(x.shape, kernel.shape)[1]](dy, kernel)
     # output index 2i − k + 2 runs over [−1, 2H + 1]; pad so that index o sits at o + 1
     dy_pad = jnp.pad(dy, ((0, 0), (1, 2), (1, 2), (0, 0)))
     taps = [
@@ -146,7 +272,8 @@ def _up_bwd(residuals, dy):
         for b in range(kw_size)
     ]
     dk = jnp.einsum("nhwc,nhwko->kco", x, jnp.stack(taps, axis=3))  # (16, C, O)
-    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+    dk = dk.reshape(kernel.shape).astype(kernel.dtype)
+    return _cotangent_like(dx.astype(x.dtype), x), _cotangent_like(dk, kernel)
 
 
 up_conv_transpose.defvjp(_up_fwd, _up_bwd)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from lebm_jax import networks
 from lebm_jax.networks import (
     ConvGenerator,
     EnergyMLP,
@@ -240,6 +241,95 @@ def test_up_conv_transpose_gradients_match_autodiff(shape):
     np.testing.assert_array_equal(y, y_ref)
     for a, b in zip(vjp(dy), vjp_ref(dy)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+_UP_SHAPES = [  # (x shape (N, H, W, C), O): odd and non-square maps, batch 1, one input or output channel
+    ((2, 3, 5, 4), 7),
+    ((1, 1, 1, 1), 1),
+    ((1, 4, 4, 1), 3),
+    ((3, 5, 2, 6), 1),
+    ((2, 4, 3, 3), 64),
+]
+
+
+def _up_case(shape, out_channels):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, shape[-1], out_channels))
+    dy = jax.random.normal(jax.random.key(2), (shape[0], 2 * shape[1], 2 * shape[2], out_channels))
+    ref = lambda x, k: jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    y_ref, vjp_ref = jax.vjp(ref, x, kernel)
+    return x, kernel, dy, y_ref, vjp_ref(dy)
+
+
+def _assert_close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("method", sorted(networks._UP_FORWARD))
+@pytest.mark.parametrize("shape, out_channels", _UP_SHAPES)
+def test_up_conv_transpose_forward_methods(method, shape, out_channels):
+    # Every way of computing the forward pass, whichever shapes `_up_methods` gives it.
+    x, kernel, _, y_ref, _ = _up_case(shape, out_channels)
+    y = jax.jit(networks._UP_FORWARD[method])(x, kernel)
+    assert y.shape == y_ref.shape
+    _assert_close(y, y_ref)
+
+
+@pytest.mark.parametrize("method", sorted(networks._UP_INPUT_GRAD))
+@pytest.mark.parametrize("shape, out_channels", _UP_SHAPES)
+def test_up_conv_transpose_input_gradient_methods(method, shape, out_channels):
+    x, kernel, dy, _, (dx_ref, _) = _up_case(shape, out_channels)
+    dx = jax.jit(networks._UP_INPUT_GRAD[method])(dy, kernel)
+    assert dx.shape == x.shape
+    _assert_close(dx, dx_ref)
+
+
+@pytest.mark.parametrize("shape, out_channels", _UP_SHAPES)
+def test_up_conv_transpose_value_and_gradients(shape, out_channels):
+    # The methods `_up_methods` picks for each shape (all of them over these shapes), value and both gradients.
+    x, kernel, dy, y_ref, grads_ref = _up_case(shape, out_channels)
+    y, vjp = jax.vjp(jax.jit(up_conv_transpose), x, kernel)
+    _assert_close(y, y_ref)
+    for a, b in zip(vjp(dy), grads_ref, strict=True):
+        _assert_close(a, b)
+
+
+def test_up_conv_transpose_methods_cover_every_implementation():
+    picked = [networks._up_methods(shape, (4, 4, shape[-1], o)) for shape, o in _UP_SHAPES]
+    assert {f for f, _ in picked} == set(networks._UP_FORWARD) - {"xla"}
+    assert {g for _, g in picked} == set(networks._UP_INPUT_GRAD)
+
+
+def test_up_conv_transpose_under_vmap():
+    # Tempered chains vmap the generator over rungs: batched value and input gradient equal the loop.
+    x = jax.random.normal(jax.random.key(0), (3, 2, 4, 4, 5))
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, 5, 64))
+    w = jax.random.normal(jax.random.key(2), (3, 2, 8, 8, 64))
+    loss = lambda x, w: jnp.sum(w * jnp.tanh(up_conv_transpose(x, kernel)))  # noqa: E731
+    got = jax.vmap(jax.value_and_grad(loss))(x, w)
+    for t in range(3):
+        want = jax.value_and_grad(loss)(x[t], w[t])
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a[t], b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_channels", [1, 3, 64])
+def test_up_conv_transpose_inside_shard_map(out_channels):
+    # Inside shard_map (as in training) each cotangent must have its primal's type, also when ∂y does not
+    # vary over the mesh axis while x does: a loss linear in y with replicated weights.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("data",))
+    x = jax.random.normal(jax.random.key(0), (2, 4, 3, 5))
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, 5, out_channels))
+    w = jax.random.normal(jax.random.key(2), (8, 6, out_channels))
+    loss = lambda x, k: jnp.sum(w * up_conv_transpose(x, k))  # noqa: E731
+
+    local = jax.grad(loss, argnums=(0, 1))  # ∂K comes back summed over devices, as for any replicated input
+    sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P()), out_specs=(P("data"), P())))
+    got = sharded(jax.device_put(x, NamedSharding(mesh, P("data"))), jax.device_put(kernel, NamedSharding(mesh, P())))
+    for a, b in zip(got, jax.grad(loss, argnums=(0, 1))(x, kernel), strict=True):
+        _assert_close(a, b)
 
 
 def test_base_conv_transpose_is_the_valid_transposed_convolution():
