@@ -229,7 +229,10 @@ def resumed_step(stderr: str) -> int | None:
 def final_error(stderr: str) -> str:
     """The exception the process ended with: from its last 'SomeError: ...' line to the end."""
     lines = stderr.splitlines()
-    starts = [i for i, line in enumerate(lines) if re.match(r"[\w.]*(Error|Exception): ", line)]
+    # orbax's pending reads can print "Exception ignored ... ImportError: ... Python is likely shutting
+    # down" after the real error; those are interpreter-exit noise, not the process's error
+    starts = [i for i, line in enumerate(lines)
+              if re.match(r"[\w.]*(Error|Exception): ", line) and "likely shutting down" not in line]
     return "\n".join(lines[starts[-1]:]) if starts else ""
 
 
