@@ -152,10 +152,12 @@ def image_model(
     ebm_activation: str = "gelu",
     prior_sigma: float = 1.0,
     lik_sigma: float = 0.3,
+    generator_dtype: str = "float32",
 ) -> LatentEBM:
     """The image model of Pang et al.: MLP tilt over latents and a transposed-conv generator.
 
-    ``image_shape`` is (H, W, C) with H = W a supported size and C in (1, 3).
+    ``image_shape`` is (H, W, C) with H = W a supported size and C in (1, 3). ``generator_dtype`` is the
+    type the generator's convolutions compute in ("float32" or "bfloat16"); parameters stay float32.
     """
     from lebm_jax import networks  # local: keeps this module importable on its own
 
@@ -168,6 +170,7 @@ def image_model(
         channels=image_shape[2],
         ngf=ngf,
         widths=None if generator_widths is None else tuple(generator_widths),
+        dtype=jnp.dtype(generator_dtype),
     )
     tilt = networks.EnergyMLP(hidden=ebm_hidden, depth=ebm_depth, activation=ebm_activation)
     return LatentEBM(tilt, gen, latent_dim, image_shape, prior_sigma, lik_sigma)

@@ -92,7 +92,7 @@ def generator_layout(image_size: int) -> tuple[int, int]:
     )
 
 
-def _default_widths(ngf: int, num_doublings: int) -> tuple[int, ...]:
+def default_widths(ngf: int, num_doublings: int) -> tuple[int, ...]:
     """ngf · (8, 4, 2, 1, 1, ...), first num_doublings entries."""
     multipliers = _WIDTH_MULTIPLIERS + (1,) * max(num_doublings - len(_WIDTH_MULTIPLIERS), 0)
     return tuple(ngf * m for m in multipliers[:num_doublings])
@@ -281,11 +281,16 @@ up_conv_transpose.defvjp(_up_fwd, _up_bwd)
 
 class _ConvTranspose(nn.Module):
     """A flax ``nn.ConvTranspose`` twin (same parameter names, shapes and initialisation) for the two
-    shapes the generator uses: ``"base"`` (1×1 map, k×k, VALID) and ``"up"`` (k4, stride 2, SAME)."""
+    shapes the generator uses: ``"base"`` (1×1 map, k×k, VALID) and ``"up"`` (k4, stride 2, SAME).
+
+    Parameters are float32; the product runs in ``dtype`` (input and kernel cast to it) and its result,
+    plus the bias, is float32.
+    """
 
     features: int
     kernel_size: int
     kind: str  # "base" | "up"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -293,11 +298,12 @@ class _ConvTranspose(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (self.kernel_size, self.kernel_size, in_features, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.kind == "base":
             y = base_conv_transpose(x, kernel)
         else:
             y = up_conv_transpose(x, kernel)
-        return y + bias
+        return y.astype(jnp.float32) + bias
 
 
 class ConvGenerator(nn.Module):
@@ -309,6 +315,9 @@ class ConvGenerator(nn.Module):
     base layer and the L-1 hidden doubling layers are `widths` (default: the first L of ngf · (8, 4, 2, 1, 1, ...)),
     so 32×32 with ngf 64 is Pang's SVHN net: nz → 512 (4×4) → 256 (8×8) → 128 (16×16) → channels (32×32).
 
+    ``dtype`` is the type the convolutions compute in: float32 (default), or bfloat16 for faster matrix units on
+    GPU/TPU. Parameters, activations between layers and the output stay float32 either way.
+
     'SAME' for k4 s2 pads the dilated input by 2 on each side, exactly as PyTorch's ConvTranspose2d(k4, s2, p1);
     a flax kernel K (kh, kw, in, out) equals the PyTorch weight W (in, out, kh, kw) with
     W[c, o, a, b] = K[kh-1-a, kw-1-b, c, o] (spatially flipped).
@@ -319,11 +328,14 @@ class ConvGenerator(nn.Module):
     ngf: int = 64
     widths: tuple[int, ...] | None = None
     negative_slope: float = 0.2
+    dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
         _, num_doublings = generator_layout(self.image_size)
         if self.channels not in (1, 3):
             raise ValueError(f"channels={self.channels!r} must be 1 or 3")
+        if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+            raise ValueError(f"dtype={self.dtype!r} must be float32 or bfloat16")
         _require_positive("ngf", self.ngf)
         if self.widths is not None:
             self.widths = tuple(self.widths)  # a list (e.g. from a config) would make the module unhashable
@@ -341,11 +353,11 @@ class ConvGenerator(nn.Module):
         if z.ndim != 2:
             raise ValueError(f"z must have shape (N, nz), got z.shape={z.shape}")
         base, num_doublings = generator_layout(self.image_size)
-        widths = self.widths if self.widths is not None else _default_widths(self.ngf, num_doublings)
-        x = _ConvTranspose(widths[0], base, "base", name="base")(z)  # (N, base, base, widths[0])
+        widths = self.widths if self.widths is not None else default_widths(self.ngf, num_doublings)
+        x = _ConvTranspose(widths[0], base, "base", self.dtype, name="base")(z)  # (N, base, base, widths[0])
         for i, features in enumerate(widths[1:] + (self.channels,)):
             x = nn.leaky_relu(x, self.negative_slope)
-            x = _ConvTranspose(features, 4, "up", name=f"up_{i}")(x)
+            x = _ConvTranspose(features, 4, "up", self.dtype, name=f"up_{i}")(x)
         return jnp.tanh(x)  # (N, image_size, image_size, channels)
 
 

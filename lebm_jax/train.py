@@ -63,6 +63,7 @@ def build_model(config: ml_collections.ConfigDict) -> LatentEBM:
         ebm_activation=m.ebm_activation,
         prior_sigma=m.prior_sigma,
         lik_sigma=m.lik_sigma,
+        generator_dtype=m.generator_dtype,
     )
 
 
