@@ -101,17 +101,33 @@ def sample_prior(objective, params: Params, keys: Array) -> ChainResult:
 
 
 def sample_power_posteriors(
-    model: LatentEBM, chain: ChainSpec, params: Params, x: Array, keys: Array, temperatures: Array, num_chains: int
+    model: LatentEBM, chain: ChainSpec, params: Params, x: Array, keys: Array, temperatures: Array, num_chains: int,
+    prior_rungs: int = 0,
 ) -> ChainResult:
     """S chains per example and temperature, z ~ π_t(z|x) ∝ p_β(x|z)^t p_α(z), all in one batch.
 
     x: (B, *event); keys: (B,) one per example; temperatures: (T,). Returns z of shape (T, S, B, nz).
+    ``prior_rungs``: the number of leading temperatures that are exactly 0 (the caller vouches for it; a
+    power schedule's t_0 is). Their chains target the prior p_α, and their Langevin steps skip the
+    generator, whose term 0 · log p_β(x|z) adds nothing: the same chains as without, for (T−k)/T of the
+    generator work.
     """
     batch, nz = x.shape[0], model.latent_dim
+    num_temps = temperatures.shape[0]
+    if not 0 <= prior_rungs <= num_temps:
+        raise ValueError(f"prior_rungs={prior_rungs} must be in [0, {num_temps}]")
     k0, k = split_keys(keys, 2, key_axis=0)
-    z0 = sample_base(k0, (temperatures.shape[0], num_chains, batch, nz), model.prior_sigma, key_axis=2)
+    z0 = sample_base(k0, (num_temps, num_chains, batch, nz), model.prior_sigma, key_axis=2)
     ts = temperatures[:, None, None]  # (T, 1, 1) against chains (T, S, B)
-    return chain.run(k, z0, lambda z: model.log_power_posterior(params, x, z, ts), key_axis=2)
+
+    def log_density(z):  # (T, S, B, nz) -> (T, S, B)
+        if not prior_rungs:
+            return model.log_power_posterior(params, x, z, ts)
+        ll = ts[prior_rungs:] * model.log_likelihood(params["gen"], x, z[prior_rungs:])  # (T − k, S, B)
+        ll = jnp.concatenate([jnp.zeros((prior_rungs,) + ll.shape[1:], ll.dtype), ll])
+        return ll + model.log_prior(params["ebm"], z)
+
+    return chain.run(k, z0, log_density, key_axis=2)
 
 
 def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, dict]:
@@ -141,13 +157,16 @@ class Vanilla:
         self.posterior_chain.validate("posterior_chain")
         _check_num_chains(self.num_chains, "num_chains")
 
+    def sample_posteriors(self, params: Params, x: Array, keys: Array) -> ChainResult:
+        """The posterior chains (one rung, t = 1): z (1, S, B, nz); keys (B,) one per example."""
+        return sample_power_posteriors(self.model, self.posterior_chain, params, x, keys, jnp.ones((1,)),
+                                       self.num_chains)
+
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
         k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
         prior = sample_prior(self, params, k_prior)
-        post = sample_power_posteriors(self.model, self.posterior_chain, params, x, k_post, jnp.ones((1,)),
-                                       self.num_chains)
-        post = jax.tree.map(lambda a: a[0], post)  # the single temperature t = 1
+        post = jax.tree.map(lambda a: a[0], self.sample_posteriors(params, x, k_post))  # the single t = 1
         diag = {**_chain_diagnostics("prior", prior), **_chain_diagnostics("posterior", post)}
         return {"z_prior": prior.z, "z_posterior": post.z, "diagnostics": diag}  # z: (S, B, nz)
 
@@ -206,12 +225,17 @@ class ThermodynamicIntegration:
     def temperatures(self) -> Array:
         return ladder.power_schedule(self.num_temps, self.power)
 
+    def sample_posteriors(self, params: Params, x: Array, keys: Array) -> ChainResult:
+        """The ladder's chains, one batch over all rungs: z (T, S, B, nz); keys (B,) one per example.
+        t_0 = 0 exactly, so the first rung's chains run without the generator."""
+        return sample_power_posteriors(self.model, self.posterior_chain, params, x, keys, self.temperatures,
+                                       self.num_chains, prior_rungs=1)
+
     def sample(self, params: Params, x: Array, key: Array) -> dict:
         self.model.check_data(x)
         k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
         prior = sample_prior(self, params, k_prior)
-        rungs = sample_power_posteriors(self.model, self.posterior_chain, params, x, k_post, self.temperatures,
-                                        self.num_chains)
+        rungs = self.sample_posteriors(params, x, k_post)
         diag = {
             **_chain_diagnostics("prior", prior),
             **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[-1], rungs)),

@@ -65,7 +65,8 @@ def ti_log_likelihood(
     """
     model.check_data(x)
     ts = ladder.power_schedule(num_temps, power)
-    res = sample_power_posteriors(model, chain, params, x, example_keys(key, x.shape[0]), ts, num_chains)
+    res = sample_power_posteriors(model, chain, params, x, example_keys(key, x.shape[0]), ts, num_chains,
+                                  prior_rungs=1)  # t_0 = 0
     ell = model.log_likelihood(params["gen"], x, res.z)  # (N, S, B)
     rung = jnp.mean(ell, axis=1)
     out = {"log_px": ladder.trapezoid(ts, rung), "rung_log_lik": rung}

@@ -20,7 +20,9 @@ import pytest
 
 from lebm_jax import linear_gaussian as lg
 from lebm_jax.model import image_model
-from lebm_jax.objectives import ChainSpec, loss_and_grads, make_objective
+from lebm_jax.benchmark import count_flops
+from lebm_jax.ladder import power_schedule
+from lebm_jax.objectives import ChainSpec, example_keys, loss_and_grads, make_objective, sample_power_posteriors
 from mc import check_close, mean_and_se
 
 SIGMA0, SIGMA = 1.0, 0.5
@@ -194,6 +196,31 @@ def test_image_model_step_is_finite_and_compiles_once(variant):
         assert res.aux["rung_accept"].shape == (4,)
     with pytest.raises(ValueError, match=r"data shape \(5, 16, 16, 3\)"):
         loss_and_grads(obj, params, jnp.zeros((5, 16, 16, 3)), jax.random.key(0))
+
+
+@pytest.mark.parametrize("method", ["ula", "mala"])
+def test_prior_rungs_skip_the_generator_and_leave_the_chains_unchanged(method):
+    # The t = 0 rung's chains, run without the generator, are the chains run with 0 · log p(x|z): same keys,
+    # same draws (MALA's accept step included), for 3/4 of the generator's work with 4 rungs.
+    model = image_model((16, 16, 1), latent_dim=8, ngf=4, ebm_hidden=16)
+    params = model.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (5, 16, 16, 1), minval=-1, maxval=1)
+    keys = example_keys(jax.random.key(2), 5)
+    ts = power_schedule(4, 2.0)
+    chain = ChainSpec(6, 0.1, method)
+
+    def run(prior_rungs):
+        return sample_power_posteriors(model, chain, params, x, keys, ts, 2, prior_rungs=prior_rungs)
+
+    full, skipped = run(0), run(1)
+    assert full.z.shape == skipped.z.shape == (4, 2, 5, 8)
+    np.testing.assert_allclose(skipped.z, full.z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(skipped.accept_rate, full.accept_rate, atol=1e-6)
+    assert float(jnp.max(jnp.abs(full.z[0] - full.z[1]))) > 0.1  # the rungs really differ
+    conv = [count_flops(jax.make_jaxpr(lambda k=k: run(k))()).conv for k in (0, 1)]  # all in the generator
+    assert conv[1] == pytest.approx(3 / 4 * conv[0], rel=1e-12)
+    with pytest.raises(ValueError, match="prior_rungs=5"):
+        run(5)
 
 
 @pytest.mark.parametrize("variant", ["vanilla", "ti"])
