@@ -3,11 +3,15 @@ r"""Benchmark the training step or the samplers of a config on random data (no d
     python -m experiments.benchmark --config configs/svhn.py
     python -m experiments.benchmark --config configs/svhn.py --config.variant=ti --steps 20 --json ti.json
     python -m experiments.benchmark --config configs/digits.py --mode sampler
+    python -m experiments.benchmark --config configs/svhn.py --mode evaluation --config.eval.batch_size=100
+    python -m experiments.benchmark --summarize vanilla.json,ti.json     # one Markdown table of saved results
 
 --mode train (default): compile time, median and spread of the step time over --steps steps after
 warm-up, images/s, the time split between prior chains, posterior chains and the update, FLOPs per
 step counted on the jaxpr (loops × trip count) next to XLA's estimate, achieved GFLOP/s against a
 measured float32 matmul peak, and memory. --mode sampler: prior samples/s and posterior chains/s.
+--mode evaluation: images/s of the generation and the Inception-v3 feature extraction that a sample-quality
+evaluation runs (eval.batch_size images per call), and the seconds one evaluation of eval.num_samples costs.
 See lebm_jax/benchmark.py for what each number means.
 """
 
@@ -17,14 +21,15 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sampler"], "What to benchmark.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Training steps (train) or calls (sampler) to time, at least 10.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sampler", "evaluation"], "What to benchmark.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Training steps (train) or calls (sampler, evaluation) to time, at least 10.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Dispatches run after compilation and before timing (train).")
 _PHASES = flags.DEFINE_bool("phases", True, "Also time prior chains, posterior chains and the update apart (train).")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 0, "n of the n×n float32 matmul peak; 0: 4096, 1024 on CPU.")
 _JSON = flags.DEFINE_string("json", None, "Write the result to this JSON file.")
 _ALLOW_FEW_STEPS = flags.DEFINE_bool("allow_few_steps", False, "Smoke tests only: allow --steps below 10.")
-flags.mark_flags_as_required(["config"])
+_SUMMARIZE = flags.DEFINE_list("summarize", None, "Run nothing: print one Markdown table of these training "
+                               "benchmarks' --json files (comma-separated).")
 
 
 def main(argv):
@@ -33,7 +38,22 @@ def main(argv):
     from lebm_jax import benchmark
     from lebm_jax import config as config_lib
 
+    if _SUMMARIZE.value:
+        results = []
+        for path in _SUMMARIZE.value:
+            try:
+                with open(path) as f:
+                    results.append(json.load(f))
+            except (OSError, json.JSONDecodeError) as e:
+                raise SystemExit(f"error: --summarize {path}: {e}") from None
+        try:
+            print(benchmark.summary_table(results))
+        except (KeyError, ValueError) as e:
+            raise SystemExit(f"error: --summarize: not a training benchmark's JSON ({e})") from None
+        return
     config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required (or --summarize FILES)")
     try:  # before any compilation: a bad value stops here with its name
         config_lib.validate(config)
         if _STEPS.value < benchmark.MIN_STEPS and not _ALLOW_FEW_STEPS.value:
@@ -45,8 +65,10 @@ def main(argv):
     if _MODE.value == "train":
         result = benchmark.benchmark_train(config, steps=_STEPS.value, warmup=_WARMUP.value, phases=_PHASES.value,
                                            **common)
-    else:
+    elif _MODE.value == "sampler":
         result = benchmark.benchmark_sampler(config, repeats=_STEPS.value, **common)
+    else:
+        result = benchmark.benchmark_evaluation(config, repeats=_STEPS.value, **common)
     print(benchmark.format_table(result), flush=True)
     if _JSON.value:
         with open(_JSON.value, "w") as f:

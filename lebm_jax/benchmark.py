@@ -396,7 +396,15 @@ def _header(config: ml_collections.ConfigDict, config_name: str | None) -> dict:
         "posterior_steps": config.posterior_chain.num_steps,
         "rungs": config.ti.num_temps if ti else 1,
         "chains_per_example": config.ti.num_chains if ti else 1,
+        "generator_widths": list(_generator_widths(config)),
     }
+
+
+def _generator_widths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    from lebm_jax import networks
+
+    _, doublings = networks.generator_layout(config.data.image_size)
+    return tuple(config.model.generator_widths) or networks.default_widths(config.model.ngf, doublings)
 
 
 def _setup(config: ml_collections.ConfigDict):
@@ -424,10 +432,8 @@ def step_pieces(objective, optimizers: dict) -> dict[str, Callable]:
     ``key`` is split per example as the objective's ``sample`` does (integer work, no FLOPs).
     """
     from lebm_jax.langevin import split_keys
-    from lebm_jax.objectives import example_keys, sample_power_posteriors, sample_prior
+    from lebm_jax.objectives import example_keys, sample_prior
     from lebm_jax.train import apply_gradients
-
-    model = objective.model
 
     def keys(key, x):
         return split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # (prior, posterior), each (b,)
@@ -436,9 +442,7 @@ def step_pieces(objective, optimizers: dict) -> dict[str, Callable]:
         return sample_prior(objective, params, keys(key, x)[0])
 
     def posterior(params, x, key):
-        temps = objective.temperatures if hasattr(objective, "temperatures") else jnp.ones((1,))
-        return sample_power_posteriors(model, objective.posterior_chain, params, x, keys(key, x)[1], temps,
-                                       objective.num_chains)
+        return objective.sample_posteriors(params, x, keys(key, x)[1])
 
     def update(params, opt_state, x, samples):
         def total(p):
@@ -649,6 +653,77 @@ def benchmark_sampler(
     return result
 
 
+def benchmark_evaluation(
+    config: ml_collections.ConfigDict,
+    *,
+    repeats: int = MIN_STEPS,
+    matmul_size: int | None = None,
+    config_name: str | None = None,
+    seed: int = 0,
+    allow_few_steps: bool = False,
+    weights: str | None = None,
+) -> dict:
+    """What one sample-quality evaluation costs, per ``config.eval.batch_size`` images:
+
+    generation   `evaluation.make_generate_fn`: prior chains and the generator, split over all devices
+    inception    `inception.InceptionFeatures` as evaluation calls it (numpy in, 2048-d features out;
+                 range check, padding and transfers included), over all devices. pytorch-fid's weights when
+                 they are on disk (``weights``, LEBM_JAX_INCEPTION_WEIGHTS or the cache), else random weights
+                 of the same network, which cost the same.
+
+    Reference statistics are computed once per data set and feature space and cached (`metrics`), so an
+    evaluation's cost is ``eval.num_samples`` images through both."""
+    from lebm_jax import data as data_lib
+    from lebm_jax import inception, train
+    from lebm_jax.evaluation import make_generate_fn
+
+    if repeats < MIN_STEPS and not allow_few_steps:
+        raise ValueError(f"repeats={repeats}: time at least {MIN_STEPS} calls for a median and spread")
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be >= 1")
+    batch = int(config.eval.batch_size)
+    model, _, _ = _setup(config)
+    k_init, key = jax.random.split(jax.random.key(seed))
+    params = model.init(k_init)
+    result: dict = {"mode": "evaluation", "header": {**_header(config, config_name), "eval_batch_size": batch,
+                                                     "eval_num_samples": int(config.eval.num_samples)}}
+
+    generate = make_generate_fn(model, train.chain_spec(config.prior_chain, through_generator=False), batch)
+    compiled, traced, compile_times = compile_timed(generate, params, key)
+    timing = time_fn(compiled, params, key, repeats=repeats, warmup=1)
+    flops = count_flops(traced).total
+    result["generation"] = {**compile_times, **timing.summary(), "images": batch,
+                            "images_per_s": batch / timing.median, "flops": flops,
+                            "gflops_per_s": _rate(flops, timing.median)}
+
+    try:
+        fid_params, real = inception.load_fid_params(weights, download=False), True
+    except FileNotFoundError:
+        fid_params = inception.FIDInceptionV3().init(jax.random.key(seed), jnp.zeros((1, 299, 299, 3)))
+        real = False
+    features = inception.make_feature_fn(fid_params, batch_size=batch)
+    images = data_lib.to_float(_random_images(config, batch, seed))
+    t0 = time.perf_counter()
+    features(images)  # compiles
+    first_s = time.perf_counter() - t0
+    timing = time_fn(features, images, repeats=repeats, warmup=1)
+    traced = jax.jit(inception.FIDInceptionV3().apply).trace(fid_params, jnp.asarray(images[:features.batch_size]))
+    flops = count_flops(traced).total
+    result["inception"] = {"first_call_s": first_s, **timing.summary(), "images": batch,
+                           "images_per_s": batch / timing.median, "flops": flops,
+                           "gflops_per_s": _rate(flops, timing.median), "fid_weights": real,
+                           "traces": features.trace_count}
+    n = int(config.eval.num_samples)
+    result["per_evaluation_s"] = {name: n / result[name]["images_per_s"] for name in ("generation", "inception")}
+    result["memory"] = memory_report()
+    peak = matmul_peak(matmul_size)
+    result["peak_matmul"] = peak
+    devices = jax.device_count()
+    for name in ("generation", "inception"):
+        result[name]["efficiency"] = result[name]["gflops_per_s"] / (peak["gflops"] * devices)
+    return result
+
+
 # --- printing -------------------------------------------------------------------------------------
 def _si(value, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -699,7 +774,7 @@ def _memory_rows(m: dict) -> list[tuple[str, str]]:
 
 
 def format_table(result: dict) -> str:
-    """A plain-text report of `benchmark_train` or `benchmark_sampler`'s result."""
+    """A plain-text report of `benchmark_train`, `benchmark_sampler` or `benchmark_evaluation`'s result."""
     lines = [format_header(result["header"]), ""]
     if result["mode"] == "train":
         c, s, f = result["compile"], result["step"], result["flops"]
@@ -734,6 +809,27 @@ def format_table(result: dict) -> str:
                 lines.append(f"    {name:<10} {p['ms']:10.2f} {p['pct']:8.1f} {_si(p['flops']):>12} {rate}")
             if result["phases"]["other"]["ms"] < 0:
                 lines.append("    (other < 0: the pieces, timed apart, varied by more than the step's bookkeeping)")
+    elif result["mode"] == "evaluation":
+        rows = []
+        for name, what in (("generation", "generation (prior chains + generator)"),
+                           ("inception", "Inception-v3 features" + ("" if result["inception"]["fid_weights"]
+                                                                    else " (random weights)"))):
+            r = result[name]
+            first = (f"compile {r['compile_s']:.2f} s" if "compile_s" in r else f"first call {r['first_call_s']:.2f} s")
+            rows += [
+                (name, what),
+                (f"{name} call", f"median {r['median_ms']:.2f} ms (min {r['min_ms']:.2f}, max {r['max_ms']:.2f}) for "
+                                 f"{r['images']} images; {first}"),
+                (f"{name} rate", f"{r['images_per_s']:.1f} images/s, {_si(r['flops'], 'FLOP')} per call, "
+                                 f"{r['gflops_per_s']:.2f} GFLOP/s = {100 * r['efficiency']:.1f} % of peak"),
+            ]
+        per = result["per_evaluation_s"]
+        rows.append(("one evaluation", f"{result['header']['eval_num_samples']} images: generation "
+                                       f"{per['generation']:.1f} s + Inception {per['inception']:.1f} s "
+                                       "(reference statistics cached)"))
+        peak = result["peak_matmul"]
+        rows.append(("peak matmul", f"{peak['gflops']:.2f} GFLOP/s per device ({peak['size']}^3 {peak['dtype']})"))
+        lines += _rows(rows + _memory_rows(result["memory"]))
     else:
         rows = []
         for name in ("prior", "posterior"):
@@ -752,4 +848,25 @@ def format_table(result: dict) -> str:
         peak = result["peak_matmul"]
         rows.append(("peak matmul", f"{peak['gflops']:.2f} GFLOP/s ({peak['size']}^3 {peak['dtype']})"))
         lines += _rows(rows + _memory_rows(result["memory"]))
+    return "\n".join(lines)
+
+
+def summary_table(results: list[dict]) -> str:
+    """One Markdown row per `benchmark_train` result (as written with ``--json``): the step's median
+    time, throughput, FLOPs, achieved rate and share of the matmul peak, and the biggest phase."""
+    lines = ["| config | variant | batch | rungs | generator widths | step (median) | images/s | GFLOP/step | "
+             "GFLOP/s | matmul peak GFLOP/s | efficiency | posterior chains |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.get("mode") != "train":
+            raise ValueError(f"summary_table takes training benchmarks, got mode {r.get('mode')!r}")
+        h, s, f = r["header"], r["step"], r["flops"]
+        widths = "/".join(map(str, h["generator_widths"])) if "generator_widths" in h else "—"
+        step = f"{s['median_ms'] / 1e3:.2f} s" if s["median_ms"] >= 1000 else f"{s['median_ms']:.1f} ms"
+        posterior = f"{r['phases']['posterior']['pct']:.0f} %" if "phases" in r else "—"
+        lines.append(
+            f"| {h['config']} | {h['variant']} | {h['batch_size']} | {h['rungs']} | {widths} | {step} | "
+            f"{s['images_per_s']:.1f} | {f['per_step'] / 1e9:.3g} | {f['achieved_gflops_per_s']:.1f} | "
+            f"{f['peak_matmul_gflops_per_device']:.0f} | {100 * f['efficiency']:.1f} % | {posterior} |"
+        )
     return "\n".join(lines)

@@ -192,8 +192,12 @@ def test_step_flops_grow_linearly_with_posterior_steps():
 def test_step_flops_grow_linearly_with_rungs():
     vanilla = benchmark.step_flops(tiny_digits())
     ti = {t: benchmark.step_flops(tiny_digits(**{"variant": "ti", "ti.num_temps": t})) for t in (2, 3, 5)}
-    for t, f in ti.items():  # one chain per rung: T times the vanilla posterior's products
-        assert f["posterior"].matmul == pytest.approx(t * vanilla["posterior"].matmul, rel=1e-12)
+    for t, f in ti.items():
+        # one chain per rung; the t_0 = 0 rung's chains target the prior and skip the generator: T − 1 times
+        # the vanilla posterior's products, plus one prior chain's (the tiny config's chains have equal lengths)
+        assert vanilla["prior"].matmul > 0
+        assert f["posterior"].matmul == pytest.approx(
+            (t - 1) * vanilla["posterior"].matmul + vanilla["prior"].matmul, rel=1e-12)
         assert f["prior"].total == vanilla["prior"].total
     slope = ti[3]["step"].total - ti[2]["step"].total
     assert ti[5]["step"].total - ti[3]["step"].total == pytest.approx(2 * slope, rel=1e-9)
@@ -216,8 +220,11 @@ def test_cli_end_to_end(tmp_path):
         "train": [*base, "--steps=2", "--allow_few_steps", f"--json={tmp_path / 'train.json'}"],
         "sampler_ti": [*base, "--config.variant=ti", "--mode=sampler", "--steps=2", "--allow_few_steps",
                        f"--json={tmp_path / 'sampler.json'}"],
+        "evaluation": [*base, "--mode=evaluation", "--steps=2", "--allow_few_steps", "--config.eval.batch_size=2",
+                       "--config.eval.num_samples=10", f"--json={tmp_path / 'evaluation.json'}"],
         "unknown_key": [*base, "--config.modle.ngf=3"],
         "few_steps": [*base, "--steps=2"],
+        "summarize_sampler": [sys.executable, "-m", "experiments.benchmark", "--summarize=" + str(REPO / "README.md")],
     }
     procs = {}
     for name, command in runs.items():
@@ -230,8 +237,9 @@ def test_cli_end_to_end(tmp_path):
         outputs[name] = (tmp_path / f"{name}.log").read_text()
 
     assert codes["unknown_key"] != 0 and "'modle'" in outputs["unknown_key"], outputs["unknown_key"][-2000:]
+    assert codes["summarize_sampler"] != 0 and "README.md" in outputs["summarize_sampler"]
     assert codes["few_steps"] != 0 and "time at least 10 steps" in outputs["few_steps"], outputs["few_steps"][-2000:]
-    for name in ("train", "sampler_ti"):
+    for name in ("train", "sampler_ti", "evaluation"):
         assert codes[name] == 0, (name, outputs[name][-3000:])
         assert "backend cpu" in outputs[name]
 
@@ -251,9 +259,33 @@ def test_cli_end_to_end(tmp_path):
         assert {"ms", "pct", "flops"} <= set(phase)
     assert {"max_rss_bytes", "compiled_total_bytes"} <= set(result["memory"])
     assert "FLOPs / step" in outputs["train"] and "time split" in outputs["train"]
+    assert result["header"]["generator_widths"] == [8, 4]
+
+    # --summarize: one Markdown row per saved training result, with its numbers
+    summary = subprocess.run([sys.executable, "-m", "experiments.benchmark", f"--summarize={tmp_path / 'train.json'}"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    header, rule, row = summary.stdout.strip().splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:5] == ["configs/digits.py", "vanilla", "8", "1", "8/4"]
+    assert float(cells[6]) == pytest.approx(result["step"]["images_per_s"], rel=1e-3)
+    assert float(cells[7]) == pytest.approx(result["flops"]["per_step"] / 1e9, rel=1e-2)
+    assert cells[10] == f"{100 * result['flops']['efficiency']:.1f} %"
 
     sampler = json.loads((tmp_path / "sampler.json").read_text())
     assert sampler["mode"] == "sampler" and sampler["header"]["variant"] == "ti" and sampler["header"]["rungs"] == 3
     assert sampler["prior"]["samples"] == 4 and sampler["prior"]["samples_per_s"] > 0
     assert sampler["posterior"]["chains"] == 3 * 8 and sampler["posterior"]["chains_per_s"] > 0
     assert {"flops", "xla_flops", "gflops_per_s", "efficiency", "compile_s"} <= set(sampler["posterior"])
+
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["mode"] == "evaluation" and evaluation["header"]["eval_batch_size"] == 2
+    for name in ("generation", "inception"):
+        r = evaluation[name]
+        assert r["images"] == 2
+        assert r["images_per_s"] == pytest.approx(2 / (r["median_ms"] / 1e3), rel=1e-9)
+        assert evaluation["per_evaluation_s"][name] == pytest.approx(10 / r["images_per_s"], rel=1e-9)
+    # Inception-v3 at 299x299 does 5.7 G multiply-adds per image (Szegedy et al. 2016); taps on padding not counted
+    assert 10.0e9 < evaluation["inception"]["flops"] / 2 < 11.5e9
+    assert evaluation["inception"]["traces"] == 1  # every call reused one compiled network
+    assert "one evaluation" in outputs["evaluation"] and "Inception-v3 features" in outputs["evaluation"]
