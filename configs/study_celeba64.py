@@ -4,10 +4,10 @@ p ∈ {0.1, 0.3, 1, 2, 3, 6, 10}, five seeds each (55 runs of configs/celeba64.p
     python -m experiments.study --config configs/study_celeba64.py --workdir runs/study_celeba64
 
 Expected time on one GPU (an estimate, not a measurement: no GPU was at hand). A training step costs
-821 GFLOP (vanilla) and 8196 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
+851 GFLOP (vanilla) and 7708 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
 counts; at an assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 48,840-step run takes about
-0.4 h (vanilla, batch 100) and 4.4 h (ti), so the grid needs about 8 h of vanilla runs and
-156 h of ti runs, some 164 GPU-hours in all, plus evaluation. Run
+0.5 h (vanilla, batch 100) and 4.2 h (ti), so the grid needs about 9 h of vanilla runs and
+146 h of ti runs, some 155 GPU-hours in all, plus evaluation. Run
 ``python -m experiments.benchmark --config configs/celeba64.py [--config.variant=ti]`` on the card first and
 scale by its measured step time. Pang et al. report FID 37.87 for the vanilla model.
 """

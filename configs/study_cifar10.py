@@ -4,10 +4,10 @@ p ∈ {0.1, 0.3, 1, 2, 3, 6, 10}, five seeds each (55 runs of configs/cifar10.py
     python -m experiments.study --config configs/study_cifar10.py --workdir runs/study_cifar10
 
 Expected time on one GPU (an estimate, not a measurement: no GPU was at hand). A training step costs
-525 GFLOP (vanilla) and 5229 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
+550 GFLOP (vanilla) and 4974 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
 counts; at an assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 50,000-step run takes about
-0.3 h (vanilla, batch 100) and 2.9 h (ti), so the grid needs about 5 h of vanilla runs and
-102 h of ti runs, some 107 GPU-hours in all, plus evaluation. Run
+0.3 h (vanilla, batch 100) and 2.8 h (ti), so the grid needs about 6 h of vanilla runs and
+97 h of ti runs, some 102 GPU-hours in all, plus evaluation. Run
 ``python -m experiments.benchmark --config configs/cifar10.py [--config.variant=ti]`` on the card first and
 scale by its measured step time. Pang et al. report FID 70.15 for the vanilla model.
 """

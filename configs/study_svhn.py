@@ -4,10 +4,10 @@ p ∈ {0.1, 0.3, 1, 2, 3, 6, 10}, five seeds each (55 runs of configs/svhn.py, I
     python -m experiments.study --config configs/study_svhn.py --workdir runs/study_svhn
 
 Expected time on one GPU (an estimate, not a measurement: no GPU was at hand). A training step costs
-522 GFLOP (vanilla) and 5208 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
+548 GFLOP (vanilla) and 4955 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
 counts; at an assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 51,240-step run takes about
-0.3 h (vanilla, batch 100) and 3.0 h (ti), so the grid needs about 6 h of vanilla runs and
-104 h of ti runs, some 109 GPU-hours in all, plus evaluation. Run
+0.3 h (vanilla, batch 100) and 2.8 h (ti), so the grid needs about 6 h of vanilla runs and
+99 h of ti runs, some 105 GPU-hours in all, plus evaluation. Run
 ``python -m experiments.benchmark --config configs/svhn.py [--config.variant=ti]`` on the card first and
 scale by its measured step time. Pang et al. report FID 29.44 for the vanilla model.
 """

@@ -599,6 +599,13 @@ def benchmark_train(
     return result
 
 
+def _check_repeats(repeats: int, allow_few_steps: bool) -> None:
+    if repeats < MIN_STEPS and not allow_few_steps:
+        raise ValueError(f"repeats={repeats}: time at least {MIN_STEPS} calls for a median and spread")
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be >= 1")
+
+
 def benchmark_sampler(
     config: ml_collections.ConfigDict,
     *,
@@ -614,10 +621,7 @@ def benchmark_sampler(
     from lebm_jax import data as data_lib
     from lebm_jax import train
 
-    if repeats < MIN_STEPS and not allow_few_steps:
-        raise ValueError(f"repeats={repeats}: time at least {MIN_STEPS} calls for a median and spread")
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats} must be >= 1")
+    _check_repeats(repeats, allow_few_steps)
     model, objective, optimizers = _setup(config)
     k_init, key = jax.random.split(jax.random.key(seed))
     params = model.init(k_init)
@@ -677,10 +681,7 @@ def benchmark_evaluation(
     from lebm_jax import inception, train
     from lebm_jax.evaluation import make_generate_fn
 
-    if repeats < MIN_STEPS and not allow_few_steps:
-        raise ValueError(f"repeats={repeats}: time at least {MIN_STEPS} calls for a median and spread")
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats} must be >= 1")
+    _check_repeats(repeats, allow_few_steps)
     batch = int(config.eval.batch_size)
     model, _, _ = _setup(config)
     k_init, key = jax.random.split(jax.random.key(seed))
@@ -851,6 +852,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _gflop(flops: float) -> str:
+    g = flops / 1e9
+    return f"{g:,.0f}" if g >= 100 else f"{g:.3g}"
+
+
 def summary_table(results: list[dict]) -> str:
     """One Markdown row per `benchmark_train` result (as written with ``--json``): the step's median
     time, throughput, FLOPs, achieved rate and share of the matmul peak, and the biggest phase."""
@@ -866,7 +872,7 @@ def summary_table(results: list[dict]) -> str:
         posterior = f"{r['phases']['posterior']['pct']:.0f} %" if "phases" in r else "—"
         lines.append(
             f"| {h['config']} | {h['variant']} | {h['batch_size']} | {h['rungs']} | {widths} | {step} | "
-            f"{s['images_per_s']:.1f} | {f['per_step'] / 1e9:.3g} | {f['achieved_gflops_per_s']:.1f} | "
+            f"{s['images_per_s']:.1f} | {_gflop(f['per_step'])} | {f['achieved_gflops_per_s']:.1f} | "
             f"{f['peak_matmul_gflops_per_device']:.0f} | {100 * f['efficiency']:.1f} % | {posterior} |"
         )
     return "\n".join(lines)

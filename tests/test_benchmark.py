@@ -269,7 +269,7 @@ def test_cli_end_to_end(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:5] == ["configs/digits.py", "vanilla", "8", "1", "8/4"]
     assert float(cells[6]) == pytest.approx(result["step"]["images_per_s"], rel=1e-3)
-    assert float(cells[7]) == pytest.approx(result["flops"]["per_step"] / 1e9, rel=1e-2)
+    assert float(cells[7].replace(",", "")) == pytest.approx(result["flops"]["per_step"] / 1e9, rel=1e-2)
     assert cells[10] == f"{100 * result['flops']['efficiency']:.1f} %"
 
     sampler = json.loads((tmp_path / "sampler.json").read_text())
