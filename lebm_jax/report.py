@@ -338,21 +338,34 @@ def quality_variance_points(groups: dict[str, list[Run]], distance_key: str, var
 
 @dataclasses.dataclass(frozen=True)
 class Trend:
-    """Least squares distance ≈ intercept + slope · log10(variance) over n points."""
+    """Least squares distance ≈ intercept + slope · log10(variance) over n points at one step."""
 
     slope: float
     intercept: float
     n: int
+    step: int
+
+
+def last_common_step(points: list[Point]) -> int | None:
+    """The last step at which every run with points has one: the smallest of the runs' last steps."""
+    last: dict[str, int] = {}
+    for p in points:
+        last[p.run] = max(last.get(p.run, p.step), p.step)
+    return min(last.values()) if last else None
 
 
 def fit_trend(points: list[Point]) -> Trend | None:
-    """Ordinary least squares of distance on log10 variance; None with fewer than two distinct variances."""
-    x = np.log10([p.variance for p in points])
-    y = np.array([p.distance for p in points])
+    """Ordinary least squares of distance on log10 variance across runs at their last common step (one
+    point per run: earlier steps would mix training progress into the trend); None with fewer than two
+    distinct variances there."""
+    step = last_common_step(points)
+    at = [p for p in points if p.step == step]
+    x = np.log10([p.variance for p in at])
+    y = np.array([p.distance for p in at])
     if np.unique(x).size < 2:
         return None
     slope, intercept = np.polyfit(x, y, 1)
-    return Trend(float(slope), float(intercept), len(points))
+    return Trend(float(slope), float(intercept), len(at), int(step))
 
 
 def ti_integrand(runs: Iterable[Run]) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -448,7 +461,7 @@ def plot_quality_vs_variance(points: dict[str, list[Point]], trends: dict[str, T
                              group_order: list[str], names: QualityNames, path: str) -> str | None:
     """Distance against gradient variance (log x), one panel per part: a dot per run and evaluation step,
     a large marker per group and step at the mean over seeds with min–max bars in both coordinates, and
-    the least-squares trend of distance on log10 variance over all dots."""
+    the least-squares trend of distance on log10 variance across runs at their last common step."""
     if not any(points.values()):
         return None
     colours = _colours(group_order)
@@ -469,10 +482,15 @@ def plot_quality_vs_variance(points: dict[str, list[Point]], trends: dict[str, T
                             markersize=5, capsize=2, linewidth=0.8, label=group if i == 0 else None)
         trend = trends.get(part)
         if trend is not None:
-            xs = np.logspace(*np.log10([min(p.variance for p in pts), max(p.variance for p in pts)]), 50)
+            at = [p.variance for p in pts if p.step == trend.step]
+            xs = np.logspace(*np.log10([min(at), max(at)]), 50)
             ax.plot(xs, trend.intercept + trend.slope * np.log10(xs), color="black", linewidth=1,
-                    label=f"fit: slope {trend.slope:.4g} per decade")
+                    label=f"fit at step {trend.step}: slope {trend.slope:.4g} per decade")
         ax.set(xscale="log", xlabel="total gradient variance", ylabel=names.long("fd"), title=title)
+        if pts and max(p.variance for p in pts) > 10 * min(p.variance for p in pts):
+            from matplotlib.ticker import NullFormatter  # over a decade, the 10^k labels suffice
+
+            ax.xaxis.set_minor_formatter(NullFormatter())
         if pts:
             ax.legend(fontsize=7)
     return _save(fig, path)
@@ -740,7 +758,7 @@ def report_page(study: Study, groups: dict[str, list[Run]], names: QualityNames,
         f"{names.long('fd') if names.space else ''} of generated samples against iteration. Lower is better; "
         "differences smaller than the spread of a group's band are within seed-to-seed variation.",
         "no run logged a sample-quality Fréchet distance (eval/…).")
-    slopes = "; ".join(f"{PARTS[p]}: slope {t.slope:.4g} per decade of variance over {t.n} points"
+    slopes = "; ".join(f"{PARTS[p]}: slope {t.slope:.4g} per decade of variance over {t.n} runs at step {t.step}"
                        for p, t in trends.items() if t is not None) or "too few points for a fit"
     lines += _figure_section(
         f"{fd} against gradient variance", "quality_vs_variance", written,
@@ -748,9 +766,9 @@ def report_page(study: Study, groups: dict[str, list[Run]], names: QualityNames,
         f"measured (matched by step); large markers are a group's mean over seeds at that step, with bars from "
         f"the smallest to the largest seed in both coordinates. A single {fd} measurement logs no standard "
         f"error, so the seed spread (training and measurement noise together) is the only error shown, and "
-        f"dots carry none. Black line: least squares of {fd} on log10 of the variance over all dots ({slopes}). "
-        f"Early steps sit at high {fd} for every variant, so the trend mixes training progress with variance; "
-        f"compare groups at the same step.",
+        f"dots carry none. Black line: least squares of {fd} on log10 of the variance across the runs at their "
+        f"last common evaluation step, one dot per run ({slopes}); earlier steps sit at high {fd} for every "
+        f"variant, and fitting them too would mix training progress into the trend.",
         "no step has both a sample-quality distance and a gradient variance.")
     lines += _figure_section(
         "Variance of the log-likelihood estimate", "loglik_variance", written,

@@ -230,15 +230,31 @@ def test_trend_slope_of_points_on_a_known_line(classifier_report):
         points = report.quality_variance_points(groups, "eval/fd_classifier", f"gradstats/total_var/{part}")
         assert len(points) == 4 * len(EVAL_STEPS)  # the NaN-variance row at step 7 is left out
         trend = report.fit_trend(points)
+        assert trend.step == EVAL_STEPS[-1] and trend.n == 4  # one point per run, at the last step
         # by hand: every point satisfies fd = intercept + slope · log10(var)
-        x = np.log10([p.variance for p in points])
-        y = np.array([p.distance for p in points])
+        last = [p for p in points if p.step == EVAL_STEPS[-1]]
+        x = np.log10([p.variance for p in last])
+        y = np.array([p.distance for p in last])
         by_hand = np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2)
         assert trend.slope == pytest.approx(by_hand, rel=1e-9) and by_hand == pytest.approx(slope, rel=1e-9)
         assert trend.intercept == pytest.approx(intercept, rel=1e-9)
     page = open(paths["report"]).read()
-    assert "slope -5 per decade of variance over 12 points" in page
-    assert "slope 20 per decade of variance over 12 points" in page
+    assert f"slope -5 per decade of variance over 4 runs at step {EVAL_STEPS[-1]}" in page
+    assert f"slope 20 per decade of variance over 4 runs at step {EVAL_STEPS[-1]}" in page
+
+
+def test_trend_is_fitted_at_the_last_step_every_run_reached():
+    def pt(run, step, variance, distance):
+        return report.Point("g", run, step, variance, distance)
+
+    # run b stopped at step 5: the fit uses step 5, one point per run, on fd = 100 - 10·log10(var)
+    points = [pt("a", 0, 1e-3, 500.0), pt("a", 5, 1e-2, 120.0), pt("a", 10, 1e-2, 90.0),
+              pt("b", 0, 1e-3, 480.0), pt("b", 5, 1e-1, 110.0)]
+    assert report.last_common_step(points) == 5 and report.last_common_step([]) is None
+    trend = report.fit_trend(points)
+    assert (trend.step, trend.n) == (5, 2)
+    assert trend.slope == pytest.approx(-10.0, rel=1e-9) and trend.intercept == pytest.approx(100.0, rel=1e-9)
+    assert report.fit_trend(points[:3]) is None  # one run: no spread of variance at its last step
 
 
 def test_feature_space_names(classifier_report, tmp_path):
