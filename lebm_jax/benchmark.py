@@ -635,25 +635,30 @@ def benchmark_sampler(
     result: dict = {"mode": "sampler", "header": {**_header(config, config_name), "num_samples": config.num_samples}}
     compiled = None
     for name, (fn, args, count, unit) in runs.items():
-        compiled, traced, compile_times = compile_timed(fn, *args)
-        timing = time_fn(compiled, *args, repeats=repeats, warmup=1)
-        flops = count_flops(traced).total
-        result[name] = {
-            **compile_times,
-            **timing.summary(),
-            unit: count,
-            f"{unit}_per_s": count / timing.median,
-            "flops": flops,
-            "xla_flops": xla_flops(compiled),
-            "gflops_per_s": _rate(flops, timing.median),
-        }
+        compiled, result[name] = _time_jitted(fn, args, repeats, count, unit)
+        result[name]["xla_flops"] = xla_flops(compiled)
         if name == "posterior":
-            result[name]["images_per_s"] = config.batch_size / timing.median
+            result[name]["images_per_s"] = config.batch_size / (result[name]["median_ms"] / 1e3)
     result["memory"] = memory_report(compiled, "posterior chains")
+    return _add_efficiency(result, runs, matmul_size, devices=1)
+
+
+def _time_jitted(fn: Callable, args: tuple, repeats: int, count: int, unit: str) -> tuple[Any, dict]:
+    """(compiled, figures) of a jitted ``fn`` on ``args`` making ``count`` ``unit`` per call: compile times,
+    the call's timing summary, ``<unit>_per_s``, FLOPs per call and GFLOP/s."""
+    compiled, traced, compile_times = compile_timed(fn, *args)
+    timing = time_fn(compiled, *args, repeats=repeats, warmup=1)
+    flops = count_flops(traced).total
+    return compiled, {**compile_times, **timing.summary(), unit: count, f"{unit}_per_s": count / timing.median,
+                      "flops": flops, "gflops_per_s": _rate(flops, timing.median)}
+
+
+def _add_efficiency(result: dict, names, matmul_size: int | None, devices: int) -> dict:
+    """Measures the matmul peak and adds each named part's efficiency (its GFLOP/s over devices × peak)."""
     peak = matmul_peak(matmul_size)
     result["peak_matmul"] = peak
-    for name in runs:
-        result[name]["efficiency"] = result[name]["gflops_per_s"] / peak["gflops"]
+    for name in names:
+        result[name]["efficiency"] = result[name]["gflops_per_s"] / (peak["gflops"] * devices)
     return result
 
 
@@ -690,12 +695,7 @@ def benchmark_evaluation(
                                                      "eval_num_samples": int(config.eval.num_samples)}}
 
     generate = make_generate_fn(model, train.chain_spec(config.prior_chain, through_generator=False), batch)
-    compiled, traced, compile_times = compile_timed(generate, params, key)
-    timing = time_fn(compiled, params, key, repeats=repeats, warmup=1)
-    flops = count_flops(traced).total
-    result["generation"] = {**compile_times, **timing.summary(), "images": batch,
-                            "images_per_s": batch / timing.median, "flops": flops,
-                            "gflops_per_s": _rate(flops, timing.median)}
+    _, result["generation"] = _time_jitted(generate, (params, key), repeats, batch, "images")
 
     try:
         fid_params, real = inception.load_fid_params(weights, download=False), True
@@ -717,12 +717,7 @@ def benchmark_evaluation(
     n = int(config.eval.num_samples)
     result["per_evaluation_s"] = {name: n / result[name]["images_per_s"] for name in ("generation", "inception")}
     result["memory"] = memory_report()
-    peak = matmul_peak(matmul_size)
-    result["peak_matmul"] = peak
-    devices = jax.device_count()
-    for name in ("generation", "inception"):
-        result[name]["efficiency"] = result[name]["gflops_per_s"] / (peak["gflops"] * devices)
-    return result
+    return _add_efficiency(result, ("generation", "inception"), matmul_size, devices=jax.device_count())
 
 
 # --- printing -------------------------------------------------------------------------------------
