@@ -7,7 +7,7 @@ Data: tensorflow-datasets ``celeb_a`` (its files need a manual download; point
 ngf·(8, 4, 2, 1) as in Pang et al.'s CelebA network.
 """
 
-from lebm_jax.config import base_config
+from lebm_jax.training.config import base_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Data: tensorflow-datasets ``cifar10``. 50,000 training images = 500 steps per ep
 Pang et al.'s CIFAR-10 generator is wider (ngf 128); ``--config.model.ngf=128`` gives it.
 """
 
-from lebm_jax.config import base_config
+from lebm_jax.training.config import base_config
 
 
 def get_config():

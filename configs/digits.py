@@ -10,7 +10,7 @@ convolution; at 16×16 it has two upsampling layers like the image-scale models 
 are legible, at a cost that is still small on two CPU cores. The last 297 images are the test split.
 """
 
-from lebm_jax.config import base_config
+from lebm_jax.training.config import base_config
 
 
 def get_config():

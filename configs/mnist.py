@@ -5,7 +5,7 @@ r"""MNIST (28×28×1): generator 7→14→28.
 Data: tensorflow-datasets ``mnist``. 60,000 training images = 600 steps per epoch at batch 100.
 """
 
-from lebm_jax.config import base_config
+from lebm_jax.training.config import base_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import ml_collections
 
-from lebm_jax.config import from_file
+from lebm_jax.training.config import from_file
 
 
 def get_config():

@@ -9,7 +9,7 @@ prior chain 60 × 0.4, posterior chain 20 × 0.1, Adam 2e-5 / 1e-4 with betas (0
 per epoch; 73,257 training images = 732 steps per epoch.
 """
 
-from lebm_jax.config import base_config
+from lebm_jax.training.config import base_config
 
 
 def get_config():

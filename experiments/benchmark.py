@@ -35,8 +35,8 @@ _SUMMARIZE = flags.DEFINE_list("summarize", None, "Run nothing: print one Markdo
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lebm_jax import benchmark
-    from lebm_jax import config as config_lib
+    from lebm_jax.bench import benchmark
+    from lebm_jax.training import config as config_lib
 
     if _SUMMARIZE.value:
         results = []

@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lebm_jax import evaluation
+    from lebm_jax.measure import evaluators as evaluation
 
     try:
         results, path = evaluation.evaluate_checkpoint(

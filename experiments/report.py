@@ -16,7 +16,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lebm_jax import report
+    from lebm_jax.study import report
 
     try:
         paths = report.make_report(_WORKDIR.value, _OUT.value)

@@ -18,7 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lebm_jax import study
+    from lebm_jax.study import runner as study
 
     try:
         grid = study.validate(_CONFIG.value)  # before any work: a bad value stops here with its name

@@ -24,7 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lebm_jax import config as config_lib
+    from lebm_jax.training import config as config_lib
 
     try:  # before any heavy import or work: a bad value stops here with its name
         config_lib.validate(_CONFIG.value)
@@ -32,7 +32,7 @@ def main(argv):
         raise SystemExit(f"error: {e}") from None
     import jax
 
-    from lebm_jax import train
+    from lebm_jax.training import loop as train
 
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -10,11 +10,17 @@ Modules, one concept each:
   linear_gaussian  the exactly solvable model and its closed-form answers
 """
 
-from lebm_jax import gradstats, ladder, langevin, linear_gaussian, model, networks, objectives
-from lebm_jax.langevin import ChainResult, langevin_chain, sample_base
-from lebm_jax.ladder import power_schedule, trapezoid
-from lebm_jax.model import LatentEBM, image_model
-from lebm_jax.objectives import ChainSpec, loss_and_grads, make_objective
+from lebm_jax.core import gradstats
+from lebm_jax.core import ladder
+from lebm_jax.core import langevin
+from lebm_jax.core import linear_gaussian
+from lebm_jax.core import model
+from lebm_jax.core import networks
+from lebm_jax.core import objectives
+from lebm_jax.core.langevin import ChainResult, langevin_chain, sample_base
+from lebm_jax.core.ladder import power_schedule, trapezoid
+from lebm_jax.core.model import LatentEBM, image_model
+from lebm_jax.core.objectives import ChainSpec, loss_and_grads, make_objective
 
 __all__ = [
     "ChainResult", "ChainSpec", "LatentEBM", "gradstats", "image_model", "ladder", "langevin",

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from lebm_jax.config import from_file
+from lebm_jax.training.config import from_file
 
 REPO = Path(__file__).resolve().parents[1]
 

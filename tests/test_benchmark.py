@@ -18,7 +18,7 @@ from jax import lax
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
-from lebm_jax import benchmark
+from lebm_jax.bench import benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lebm_jax import classifier, data
+from lebm_jax.measure import classifier
+from lebm_jax.data import datasets as data
 
 
 @pytest.fixture(autouse=True)

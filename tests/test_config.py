@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from lebm_jax import config as config_lib
+from lebm_jax.training import config as config_lib
 
 from config_files import REPO, load_config
 

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lebm_jax import data
+from lebm_jax.data import datasets as data
 
 
 def data_config(name, image_size, channels, path="", test_fraction=0.1):

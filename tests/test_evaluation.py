@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from lebm_jax import data, evaluation, metrics, sampling, train
-from lebm_jax.writers import read_jsonl
+from lebm_jax.data import datasets as data
+from lebm_jax.measure import evaluators as evaluation
+from lebm_jax.measure import metrics
+from lebm_jax.core import sampling
+from lebm_jax.training import loop as train
+from lebm_jax.training.writers import read_jsonl
 
 from config_files import REPO, load_config
 

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lebm_jax import gradstats
-from lebm_jax import linear_gaussian as lg
-from lebm_jax.objectives import ChainSpec, make_objective
+from lebm_jax.core import gradstats
+from lebm_jax.core import linear_gaussian as lg
+from lebm_jax.core.objectives import ChainSpec, make_objective
 from mc import check_close
 
 # ---------------------------------------------------------------- helpers

@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import torch_files
 
-from lebm_jax import inception as inc
+from lebm_jax.measure import inception as inc
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -375,7 +375,7 @@ _SHARDED_SCRIPT = """
 import sys, numpy as np, jax
 sys.path.insert(0, "tests")
 from test_inception import random_state_dict, _images
-from lebm_jax import inception as inc
+from lebm_jax.measure import inception as inc
 assert len(jax.local_devices()) == 2
 fn = inc.make_feature_fn(inc.fid_params_from_state_dict(random_state_dict(0)), batch_size=3)
 assert fn.batch_size == 4 and fn.mesh is not None and fn.mesh.size == 2
@@ -441,7 +441,7 @@ def _torch_features(torch, net, images: np.ndarray) -> np.ndarray:
 
 def _fid(f1: np.ndarray, f2: np.ndarray) -> float:
     try:
-        from lebm_jax.metrics import feature_statistics, frechet_distance
+        from lebm_jax.measure.metrics import feature_statistics, frechet_distance
     except ImportError:  # metrics module not present: pytorch-fid's own formula
         from pytorch_fid.fid_score import calculate_frechet_distance as frechet_distance
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lebm_jax import ladder
-from lebm_jax import linear_gaussian as lg
+from lebm_jax.core import ladder
+from lebm_jax.core import linear_gaussian as lg
 from mc import check_close
 
 SIGMA0, SIGMA = 1.0, 0.5

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lebm_jax import linear_gaussian as lg
-from lebm_jax.langevin import langevin_chain, sample_base
+from lebm_jax.core import linear_gaussian as lg
+from lebm_jax.core.langevin import langevin_chain, sample_base
 from mc import check_close, moment_estimates
 
 SIGMA0, SIGMA = 1.0, 0.5

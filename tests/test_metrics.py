@@ -34,7 +34,7 @@ import scipy.spatial.distance
 import scipy.special
 import scipy.stats
 
-from lebm_jax import metrics
+from lebm_jax.measure import metrics
 from mc import check_close, mean_and_se
 
 # ---------------------------------------------------------------- helpers

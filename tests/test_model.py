@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from lebm_jax import linear_gaussian as lg
-from lebm_jax.model import LatentEBM, gaussian_log_likelihood, image_model, log_base_density
+from lebm_jax.core import linear_gaussian as lg
+from lebm_jax.core.model import LatentEBM, gaussian_log_likelihood, image_model, log_base_density
 from mc import check_close
 
 SIGMA0, SIGMA = 1.7, 0.5  # σ0 ≠ 1 so that a dropped or misplaced σ0 shows

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from lebm_jax import networks
-from lebm_jax.networks import (
+from lebm_jax.core import networks
+from lebm_jax.core.networks import (
     ConvGenerator,
     EnergyMLP,
     LinearGenerator,

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lebm_jax import linear_gaussian as lg
-from lebm_jax.model import image_model
-from lebm_jax.benchmark import count_flops
-from lebm_jax.ladder import power_schedule
-from lebm_jax.objectives import ChainSpec, example_keys, loss_and_grads, make_objective, sample_power_posteriors
+from lebm_jax.core import linear_gaussian as lg
+from lebm_jax.core.model import image_model
+from lebm_jax.bench.benchmark import count_flops
+from lebm_jax.core.ladder import power_schedule
+from lebm_jax.core.objectives import ChainSpec, example_keys, loss_and_grads, make_objective, sample_power_posteriors
 from mc import check_close, mean_and_se
 
 SIGMA0, SIGMA = 1.0, 0.5

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lebm_jax import images, report
-from lebm_jax.writers import JsonlWriter
+from lebm_jax.data import grids as images
+from lebm_jax.study import report
+from lebm_jax.training.writers import JsonlWriter
 
 from config_files import REPO
 

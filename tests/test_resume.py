@@ -37,7 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lebm_jax.checkpoint import Checkpointer
+from lebm_jax.training.checkpoint import Checkpointer
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180  # per subprocess: generous for a busy 2-core machine; a hang fails instead of blocking

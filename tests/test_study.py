@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from lebm_jax import study as study_lib
-from lebm_jax import train
+from lebm_jax.study import runner as study_lib
+from lebm_jax.training import loop as train
 
 from config_files import REPO, load_config
 

@@ -20,9 +20,10 @@ import tensorflow_datasets as tfds
 from jax.experimental.compilation_cache import compilation_cache
 from PIL import Image
 
-from lebm_jax import data, train
-from lebm_jax.checkpoint import Checkpointer, abstract_like
-from lebm_jax.writers import read_jsonl
+from lebm_jax.data import datasets as data
+from lebm_jax.training import loop as train
+from lebm_jax.training.checkpoint import Checkpointer, abstract_like
+from lebm_jax.training.writers import read_jsonl
 
 from config_files import load_config
 

@@ -26,9 +26,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lebm_jax import config as config_lib
-from lebm_jax import data as data_lib
-from lebm_jax import train
+from lebm_jax.training import config as config_lib
+from lebm_jax.data import datasets as data_lib
+from lebm_jax.training import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lebm_jax import ladder
-from lebm_jax.langevin import ChainResult, sample_base
-from lebm_jax.model import LatentEBM
-from lebm_jax.objectives import ChainSpec, example_keys, sample_power_posteriors
+from lebm_jax.core import ladder
+from lebm_jax.core.langevin import ChainResult, sample_base
+from lebm_jax.core.model import LatentEBM
+from lebm_jax.core.objectives import ChainSpec, example_keys, sample_power_posteriors
 
 Array = jax.Array
 Params = Any

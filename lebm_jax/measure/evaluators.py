@@ -29,10 +29,12 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lebm_jax import gradstats, metrics, sampling
-from lebm_jax import data as data_lib
-from lebm_jax.model import LatentEBM
-from lebm_jax.objectives import ChainSpec
+from lebm_jax.core import gradstats
+from lebm_jax.measure import metrics
+from lebm_jax.core import sampling
+from lebm_jax.data import datasets as data_lib
+from lebm_jax.core.model import LatentEBM
+from lebm_jax.core.objectives import ChainSpec
 
 Array = jax.Array
 Params = Any
@@ -51,7 +53,7 @@ class FeatureSpace:
 
 
 def _inception_space(batch_size: int, download: bool) -> FeatureSpace:
-    from lebm_jax import inception
+    from lebm_jax.measure import inception
 
     params = inception.load_fid_params(download=download)
     return FeatureSpace("inception", inception.make_feature_fn(params, batch_size=min(batch_size, 100)),
@@ -59,7 +61,7 @@ def _inception_space(batch_size: int, download: bool) -> FeatureSpace:
 
 
 def _classifier_space(data: data_lib.ImageData) -> FeatureSpace:
-    from lebm_jax import classifier
+    from lebm_jax.measure import classifier
 
     fn, info = classifier.load_or_train(data)
     return FeatureSpace("classifier", fn, info.params_sha256[:16], {"classifier_test_accuracy": info.test_accuracy})
@@ -255,8 +257,8 @@ def evaluate_checkpoint(
     import os
     import time
 
-    from lebm_jax import train
-    from lebm_jax.api import Trained
+    from lebm_jax.training import loop as train
+    from lebm_jax.training.trained import Trained
 
     trained = Trained.load(workdir, step)
     config = ml_collections.ConfigDict(trained.config.to_dict())

@@ -159,7 +159,7 @@ def image_model(
     ``image_shape`` is (H, W, C) with H = W a supported size and C in (1, 3). ``generator_dtype`` is the
     type the generator's convolutions compute in ("float32" or "bfloat16"); parameters stay float32.
     """
-    from lebm_jax import networks  # local: keeps this module importable on its own
+    from lebm_jax.core import networks  # local: keeps this module importable on its own
 
     image_shape = tuple(image_shape)
     if len(image_shape) != 3 or image_shape[0] != image_shape[1]:

@@ -401,15 +401,15 @@ def _header(config: ml_collections.ConfigDict, config_name: str | None) -> dict:
 
 
 def _generator_widths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    from lebm_jax import networks
+    from lebm_jax.core import networks
 
     _, doublings = networks.generator_layout(config.data.image_size)
     return tuple(config.model.generator_widths) or networks.default_widths(config.model.ngf, doublings)
 
 
 def _setup(config: ml_collections.ConfigDict):
-    from lebm_jax import config as config_lib
-    from lebm_jax import train
+    from lebm_jax.training import config as config_lib
+    from lebm_jax.training import loop as train
 
     config_lib.validate(config)
     if config.batch_size % jax.device_count():
@@ -431,9 +431,9 @@ def step_pieces(objective, optimizers: dict) -> dict[str, Callable]:
 
     ``key`` is split per example as the objective's ``sample`` does (integer work, no FLOPs).
     """
-    from lebm_jax.langevin import split_keys
-    from lebm_jax.objectives import example_keys, sample_prior
-    from lebm_jax.train import apply_gradients
+    from lebm_jax.core.langevin import split_keys
+    from lebm_jax.core.objectives import example_keys, sample_prior
+    from lebm_jax.training.loop import apply_gradients
 
     def keys(key, x):
         return split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # (prior, posterior), each (b,)
@@ -474,7 +474,7 @@ def step_flops(config: ml_collections.ConfigDict) -> dict[str, FlopCount]:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from lebm_jax import train
+    from lebm_jax.training import loop as train
 
     model, objective, optimizers = _setup(config)
     k, devices, mesh = config.steps_per_dispatch, jax.device_count(), train.data_mesh()
@@ -540,8 +540,8 @@ def benchmark_train(
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from lebm_jax import data as data_lib
-    from lebm_jax import train
+    from lebm_jax.data import datasets as data_lib
+    from lebm_jax.training import loop as train
 
     if steps < MIN_STEPS and not allow_few_steps:
         raise ValueError(f"steps={steps}: time at least {MIN_STEPS} steps for a median and spread")
@@ -618,8 +618,8 @@ def benchmark_sampler(
     """Sampler throughput on one device: prior samples/s (prior chains on config.num_samples latents and
     the generator, as training's sample grids) and posterior chains/s (the objective's posterior chains,
     T·S per image, on a batch of config.batch_size random images)."""
-    from lebm_jax import data as data_lib
-    from lebm_jax import train
+    from lebm_jax.data import datasets as data_lib
+    from lebm_jax.training import loop as train
 
     _check_repeats(repeats, allow_few_steps)
     model, objective, optimizers = _setup(config)
@@ -682,9 +682,10 @@ def benchmark_evaluation(
 
     Reference statistics are computed once per data set and feature space and cached (`metrics`), so an
     evaluation's cost is ``eval.num_samples`` images through both."""
-    from lebm_jax import data as data_lib
-    from lebm_jax import inception, train
-    from lebm_jax.evaluation import make_generate_fn
+    from lebm_jax.data import datasets as data_lib
+    from lebm_jax.measure import inception
+    from lebm_jax.training import loop as train
+    from lebm_jax.measure.evaluators import make_generate_fn
 
     _check_repeats(repeats, allow_few_steps)
     batch = int(config.eval.batch_size)

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lebm_jax.data import ImageData, to_float
-from lebm_jax.paths import cache_dir
+from lebm_jax.data.datasets import ImageData, to_float
+from lebm_jax.data.files import cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ from typing import Iterable
 
 import numpy as np
 
-from lebm_jax import metrics as metrics_lib
-from lebm_jax.study import DONE_FILE, STUDY_FILE
-from lebm_jax.writers import read_jsonl
+from lebm_jax.measure import metrics as metrics_lib
+from lebm_jax.study.runner import DONE_FILE, STUDY_FILE
+from lebm_jax.training.writers import read_jsonl
 
 REPORT_DIR = "report"
 
@@ -371,7 +371,7 @@ def fit_trend(points: list[Point]) -> Trend | None:
 def ti_integrand(runs: Iterable[Run]) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(t_i, E_i mean over runs, step) of the TI integrand E_i = rung_log_lik/i at each run's last training
     row that logged it; the runs share one ladder. None without such rows."""
-    from lebm_jax.ladder import power_schedule
+    from lebm_jax.core.ladder import power_schedule
 
     runs = [r for r in runs if r.variant == "ti" and r.power is not None and r.num_temps]
     if not runs:

@@ -27,13 +27,15 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lebm_jax import config as config_lib
-from lebm_jax import data as data_lib
-from lebm_jax import evaluation, images, sampling
-from lebm_jax.checkpoint import Checkpointer, abstract_like
-from lebm_jax.model import LatentEBM, image_model
-from lebm_jax.objectives import ChainSpec, loss_and_grads, make_objective
-from lebm_jax.writers import create_writer, quiet_library_logs
+from lebm_jax.training import config as config_lib
+from lebm_jax.data import datasets as data_lib
+from lebm_jax.measure import evaluators as evaluation
+from lebm_jax.data import grids as images
+from lebm_jax.core import sampling
+from lebm_jax.training.checkpoint import Checkpointer, abstract_like
+from lebm_jax.core.model import LatentEBM, image_model
+from lebm_jax.core.objectives import ChainSpec, loss_and_grads, make_objective
+from lebm_jax.training.writers import create_writer, quiet_library_logs
 
 AXIS = "data"
 Params = Any

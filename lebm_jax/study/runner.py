@@ -29,7 +29,7 @@ from typing import Callable
 
 import ml_collections
 
-from lebm_jax import config as config_lib
+from lebm_jax.training import config as config_lib
 
 STUDY_FILE = "study.json"
 DONE_FILE = "done.json"
@@ -221,7 +221,7 @@ def run_study(
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
     if train_fn is None:
-        from lebm_jax import train
+        from lebm_jax.training import loop as train
 
         train_fn = train.train_and_evaluate
     if study.compile_cache:
@@ -269,7 +269,7 @@ def run_study(
         _write_json(record_path, record)
     log(progress.line(done, None))
     if report:
-        from lebm_jax import report as report_lib
+        from lebm_jax.study import report as report_lib
 
         paths = report_lib.make_report(workdir)
         log(f"report: {paths.get('report', os.path.join(workdir, 'report'))}")
@@ -280,7 +280,7 @@ def _final_step(result, default: int) -> int:
     state = getattr(result, "state", None)
     if state is None:
         return default
-    from lebm_jax.train import host_value
+    from lebm_jax.training.loop import host_value
 
     return int(host_value(state.step))
 
@@ -290,7 +290,7 @@ def _enable_compile_cache() -> None:
     one group) compile once, in this process and the next."""
     import jax
 
-    from lebm_jax.paths import cache_dir
+    from lebm_jax.data.files import cache_dir
 
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir("xla")))

@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lebm_jax import ladder
-from lebm_jax.langevin import METHODS, ChainResult, langevin_chain, sample_base, split_keys
-from lebm_jax.model import LatentEBM
+from lebm_jax.core import ladder
+from lebm_jax.core.langevin import METHODS, ChainResult, langevin_chain, sample_base, split_keys
+from lebm_jax.core.model import LatentEBM
 
 Array = jax.Array
 Params = Any

@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lebm_jax.objectives import loss_and_grads
+from lebm_jax.core.objectives import loss_and_grads
 
 Array = jax.Array
 Params = Any

@@ -48,7 +48,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lebm_jax.paths import CACHE_ENV, cache_dir
+from lebm_jax.data.files import CACHE_ENV, cache_dir
 
 Array = jax.Array
 

@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from lebm_jax.paths import cache_dir
+from lebm_jax.data.files import cache_dir
 
 INCEPTION = "inception"  # the one feature space whose Fréchet distance is called FID
 MAX_REFERENCE_FEATURES = 10_000  # rows of reference features kept for KID and precision/recall

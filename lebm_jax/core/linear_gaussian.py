@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lebm_jax import ladder, networks
-from lebm_jax.model import LatentEBM
+from lebm_jax.core import ladder
+from lebm_jax.core import networks
+from lebm_jax.core.model import LatentEBM
 
 Array = jax.Array
 Params = Any
