@@ -15,7 +15,7 @@ scale by its measured step time. Pang et al. report FID 37.87 for the vanilla mo
 from pathlib import Path
 
 from lebm_jax.training.config import from_file
-from lebm_jax.study.runner import full_scale
+from lebm_jax.study.grid import full_scale
 
 
 def get_config():

@@ -12,13 +12,16 @@ step counted on the jaxpr (loops × trip count) next to XLA's estimate, achieved
 measured float32 matmul peak, and memory. --mode sampler: prior samples/s and posterior chains/s.
 --mode evaluation: images/s of the generation and the Inception-v3 feature extraction that a sample-quality
 evaluation runs (eval.batch_size images per call), and the seconds one evaluation of eval.num_samples costs.
-See lebm_jax/benchmark.py for what each number means.
+See lebm_jax.bench.run and lebm_jax.bench.flops for what each number means.
 """
 
 import json
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from lebm_jax import bench
+from lebm_jax.training import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sampler", "evaluation"], "What to benchmark.")
@@ -35,9 +38,6 @@ _SUMMARIZE = flags.DEFINE_list("summarize", None, "Run nothing: print one Markdo
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lebm_jax.bench import benchmark
-    from lebm_jax.training import config as config_lib
-
     if _SUMMARIZE.value:
         results = []
         for path in _SUMMARIZE.value:
@@ -47,7 +47,7 @@ def main(argv):
             except (OSError, json.JSONDecodeError) as e:
                 raise SystemExit(f"error: --summarize {path}: {e}") from None
         try:
-            print(benchmark.summary_table(results))
+            print(bench.summary_table(results))
         except (KeyError, ValueError) as e:
             raise SystemExit(f"error: --summarize: not a training benchmark's JSON ({e})") from None
         return
@@ -56,20 +56,20 @@ def main(argv):
         raise app.UsageError("--config is required (or --summarize FILES)")
     try:  # before any compilation: a bad value stops here with its name
         config_lib.validate(config)
-        if _STEPS.value < benchmark.MIN_STEPS and not _ALLOW_FEW_STEPS.value:
-            raise ValueError(f"--steps={_STEPS.value}: time at least {benchmark.MIN_STEPS} steps")
+        if _STEPS.value < bench.MIN_STEPS and not _ALLOW_FEW_STEPS.value:
+            raise ValueError(f"--steps={_STEPS.value}: time at least {bench.MIN_STEPS} steps")
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     name = config_flags.get_config_filename(flags.FLAGS["config"])
     common = dict(matmul_size=_MATMUL_SIZE.value or None, config_name=name, allow_few_steps=_ALLOW_FEW_STEPS.value)
     if _MODE.value == "train":
-        result = benchmark.benchmark_train(config, steps=_STEPS.value, warmup=_WARMUP.value, phases=_PHASES.value,
-                                           **common)
+        result = bench.benchmark_train(config, steps=_STEPS.value, warmup=_WARMUP.value, phases=_PHASES.value,
+                                      **common)
     elif _MODE.value == "sampler":
-        result = benchmark.benchmark_sampler(config, repeats=_STEPS.value, **common)
+        result = bench.benchmark_sampler(config, repeats=_STEPS.value, **common)
     else:
-        result = benchmark.benchmark_evaluation(config, repeats=_STEPS.value, **common)
-    print(benchmark.format_table(result), flush=True)
+        result = bench.benchmark_evaluation(config, repeats=_STEPS.value, **common)
+    print(bench.format_table(result), flush=True)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(result, f, indent=2)

@@ -3,7 +3,7 @@ r"""Every metric of a trained model, written to <workdir>/evaluation/step_<STEP>
     python -m experiments.evaluate --workdir runs/digits [--checkpoint STEP]
 
 Sample quality (FID/KID/precision/recall and their ∞ extrapolations in Inception space, or the data
-set's classifier space: see lebm_jax.evaluation), held-out reconstruction error and TI log-likelihood,
+set's classifier space: see lebm_jax.measure), held-out reconstruction error and TI log-likelihood,
 and the gradient-variance statistics at the checkpoint.
 """
 
@@ -22,10 +22,10 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from lebm_jax.measure import evaluators as evaluation
+    from lebm_jax.training import offline
 
     try:
-        results, path = evaluation.evaluate_checkpoint(
+        results, path = offline.evaluate_checkpoint(
             _WORKDIR.value, _CHECKPOINT.value, feature_space_choice=_FEATURES.value,
             num_samples=_NUM_SAMPLES.value, infinity=not _NO_INFINITY.value,
             gradient_stats=not _NO_GRADSTATS.value,

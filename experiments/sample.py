@@ -25,8 +25,8 @@ def main(argv):
     import jax
     import numpy as np
 
-    from lebm_jax.data import grids as images
-    from lebm_jax.training.trained import Trained
+    from lebm_jax.data import images
+    from lebm_jax.api import Trained
     from lebm_jax.training.writers import quiet_library_logs
 
     quiet_library_logs()

@@ -32,14 +32,15 @@ def main(argv):
         raise SystemExit(f"error: {e}") from None
     import jax
 
-    from lebm_jax.training import loop as train
+    from lebm_jax.core.devices import host_value
+    from lebm_jax.training.loop import train_and_evaluate
 
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
-        print(f"done: step {int(train.host_value(result.state.step))}, outputs in {result.workdir}")
+        print(f"done: step {int(host_value(result.state.step))}, outputs in {result.workdir}")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,19 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
 from lebm_jax.data import datasets as data
-from lebm_jax.measure import evaluators as evaluation
+from lebm_jax.measure import features as feature_spaces
+from lebm_jax.measure.base import Context
+from lebm_jax.measure.heldout import Heldout
+from lebm_jax.measure.registry import build_evaluators
 from lebm_jax.measure import metrics
 from lebm_jax.core import sampling
-from lebm_jax.training import loop as train
+from lebm_jax.training import build, loop, offline
 from lebm_jax.training.writers import read_jsonl
 
 from config_files import REPO, load_config
@@ -32,7 +36,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def classifier_space(digits):
-    return evaluation.feature_space("classifier", digits)
+    return feature_spaces.feature_space("classifier", digits)
 
 
 def test_classifier_space_ranks_real_images_above_degraded_ones(digits, classifier_space):
@@ -44,7 +48,7 @@ def test_classifier_space_ranks_real_images_above_degraded_ones(digits, classifi
     """
     assert classifier_space.name == "classifier"
     assert classifier_space.info["classifier_test_accuracy"] >= 0.95
-    ref = evaluation.reference_statistics(classifier_space, digits, max_reference=10_000)
+    ref = feature_spaces.reference_statistics(classifier_space, digits, max_reference=10_000)
     assert ref.num_examples == digits.train.shape[0]
 
     rng = np.random.default_rng(0)
@@ -78,11 +82,11 @@ def test_reference_statistics_are_keyed_by_the_extractor(digits, tmp_path, monke
             calls.append(identity)
             return scale * x.reshape(len(x), -1)[:, :8].astype(np.float32)
 
-        return evaluation.FeatureSpace("classifier", features, identity, {})
+        return feature_spaces.FeatureSpace("classifier", features, identity, {})
 
-    a = evaluation.reference_statistics(space("a", 1.0), digits, max_reference=200)
-    b = evaluation.reference_statistics(space("b", 3.0), digits, max_reference=200)
-    a2 = evaluation.reference_statistics(space("a", 1.0), digits, max_reference=200)
+    a = feature_spaces.reference_statistics(space("a", 1.0), digits, max_reference=200)
+    b = feature_spaces.reference_statistics(space("b", 3.0), digits, max_reference=200)
+    a2 = feature_spaces.reference_statistics(space("a", 1.0), digits, max_reference=200)
     assert calls == ["a", "b"]  # the third call read the cache
     np.testing.assert_allclose(b.mu, 3.0 * a.mu, rtol=1e-6)
     np.testing.assert_array_equal(a2.sigma, a.sigma)
@@ -92,12 +96,12 @@ def test_feature_space_auto(digits, monkeypatch, tmp_path):
     """auto: the classifier when no Inception weights are on disk (it never downloads), none without labels."""
     monkeypatch.setenv("LEBM_JAX_CACHE", str(tmp_path))
     monkeypatch.delenv("LEBM_JAX_INCEPTION_WEIGHTS", raising=False)
-    sentinel = evaluation.FeatureSpace("classifier", lambda x: x, "sentinel", {})
-    monkeypatch.setattr(evaluation, "_classifier_space", lambda d: sentinel)
-    assert evaluation.feature_space("auto", digits) is sentinel
+    sentinel = feature_spaces.FeatureSpace("classifier", lambda x: x, "sentinel", {})
+    monkeypatch.setattr(feature_spaces, "_classifier_space", lambda d: sentinel)
+    assert feature_spaces.feature_space("auto", digits) is sentinel
     unlabelled = data.ImageData("npz", digits.train, digits.test, None, None)
-    assert evaluation.feature_space("auto", unlabelled) is None
-    assert evaluation.feature_space("none", digits) is None
+    assert feature_spaces.feature_space("auto", unlabelled) is None
+    assert feature_spaces.feature_space("none", digits) is None
     assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
 
 
@@ -105,11 +109,11 @@ def test_generate_fn_is_the_prior_sampler_with_a_per_device_key():
     config = load_config("digits")
     config.update_from_flattened_dict({"model.ngf": 4, "model.generator_widths": (), "model.latent_dim": 4,
                                        "prior_chain.num_steps": 3})
-    model = train.build_model(config)
-    chain = train.chain_spec(config.prior_chain, through_generator=False)
+    model = build.build_model(config)
+    chain = build.chain_spec(config.prior_chain, through_generator=False)
     params = model.init(jax.random.key(0))
     key = jax.random.key(1)
-    got = evaluation.make_generate_fn(model, chain, 6)(params, key)
+    got = sampling.make_generate_fn(model, chain, 6)(params, key)
     assert got.shape == (6, 16, 16, 1)
     want = sampling.generate(model, chain, params, jax.random.fold_in(key, 0), 6)  # one device: index 0
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
@@ -135,7 +139,7 @@ def short_run(tmp_path_factory, digits):
         "eval.kid_subsets": 5, "eval.kid_subset_size": 100, "gradstats.every": 2, "gradstats.num_draws": 12,
         "gradstats.num_batches": 2,
     })
-    train.train_and_evaluate(config, str(workdir), dataset=digits)
+    loop.train_and_evaluate(config, str(workdir), dataset=digits)
     return workdir, config
 
 
@@ -162,9 +166,16 @@ def test_short_run_logs_gradient_statistics_and_sample_quality(short_run):
     assert train_rows and train_rows[-1]["time/train_seconds"] > 0
 
 
-def test_evaluate_writes_every_metric_beside_the_checkpoint(short_run, digits):
+@pytest.fixture(scope="module")
+def evaluated(short_run, digits):
+    """experiments.evaluate's work on the short run's last checkpoint: (results, path of its JSON file)."""
     workdir, config = short_run
-    results, path = evaluation.evaluate_checkpoint(str(workdir), num_samples=300, dataset=digits)
+    return offline.evaluate_checkpoint(str(workdir), num_samples=config.eval.num_samples, dataset=digits)
+
+
+def test_evaluate_writes_every_metric_beside_the_checkpoint(short_run, evaluated):
+    workdir, config = short_run
+    results, path = evaluated
     assert path == os.path.join(str(workdir), "evaluation", f"step_{RUN_STEPS:07d}.json")
     with open(path) as f:
         saved = json.load(f)
@@ -178,6 +189,45 @@ def test_evaluate_writes_every_metric_beside_the_checkpoint(short_run, digits):
     assert all(math.isfinite(v) for v in saved.values() if isinstance(v, float))
     # the TI estimate of log p(x) lies below the posterior's average log-likelihood (Jensen)
     assert saved["heldout/log_px"] < saved["heldout/posterior_log_lik"]
+
+
+def test_offline_evaluation_reproduces_what_training_logged(short_run, evaluated):
+    """The same evaluators, called with the same keys: every metric logged at the checkpoint's step during
+    training (held-out, sample quality, gradient statistics) comes back from the checkpoint offline."""
+    workdir, config = short_run
+    results, _ = evaluated
+    logged = {}
+    for row in read_jsonl(workdir / "metrics.jsonl"):
+        if row["step"] == RUN_STEPS:
+            logged.update({k: v for k, v in row.items() if k.split("/")[0] in ("heldout", "eval", "gradstats")})
+    groups = {name.split("/")[0] for name in logged}
+    assert groups == {"heldout", "eval", "gradstats"} and len(logged) >= 25, sorted(logged)
+    assert "heldout/log_px" in logged  # eval.heldout_log_px is on in this config, and offline honours it
+    for name, value in sorted(logged.items()):
+        assert name in results, name
+        np.testing.assert_allclose(results[name], value, rtol=2e-5, atol=1e-7, err_msg=name)
+
+
+def test_evaluators_come_from_the_config(short_run, digits):
+    """One factory for training and offline: the held-out TI estimate only with eval.heldout_log_px, the
+    scheduled-only set leaves out evaluators whose schedule is 0, offline builds them all."""
+    workdir, config = short_run
+    config = ml_collections.ConfigDict(config.to_dict())
+    model = build.build_model(config)
+    context = Context(model, build.build_objective(config, model), digits)
+    params = model.init(jax.random.key(0))
+    key = jax.random.key(1)
+    with_ti = Heldout.from_config(config, context)(params, key)
+    config.eval.heldout_log_px = False
+    without = Heldout.from_config(config, context)(params, key)
+    assert set(with_ti) == {"recon_mse", "posterior_log_lik", "log_px"} and set(without) == set(with_ti) - {"log_px"}
+    assert without["recon_mse"] == with_ti["recon_mse"]  # the posterior chain's key does not depend on the option
+    config.gradstats.every = 0
+    config.eval.feature_space = "none"
+    assert [e.name for e in build_evaluators(config, context)] == ["heldout"]
+    config.eval.feature_space = "classifier"
+    assert [e.name for e in build_evaluators(config, context, scheduled_only=False)] == [
+        "heldout", "sample_quality", "gradstats"]
 
 
 def test_evaluate_cli_rejects_a_workdir_without_checkpoints(tmp_path):

@@ -42,7 +42,8 @@ import pytest
 
 from lebm_jax.core import gradstats
 from lebm_jax.core import linear_gaussian as lg
-from lebm_jax.core.objectives import ChainSpec, make_objective
+from lebm_jax.core.langevin import ChainSpec
+from lebm_jax.core.objectives import make_objective
 from mc import check_close
 
 # ---------------------------------------------------------------- helpers

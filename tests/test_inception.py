@@ -37,6 +37,7 @@ import pytest
 import torch_files
 
 from lebm_jax.measure import inception as inc
+from lebm_jax.measure.inception import weights as inc_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -55,8 +56,8 @@ def random_state_dict(seed: int = 0, with_extras: bool = True) -> dict[str, np.n
         "var": lambda shape: rng.uniform(0.5, 2.0, shape),
     }
     state = {}
-    for path, shape in inc._param_template().items():
-        name, tshape = inc._torch_name(path), inc._torch_shape(path, shape)
+    for path, shape in inc_weights._param_template().items():
+        name, tshape = inc_weights._torch_name(path), inc_weights._torch_shape(path, shape)
         if path[-2] == "conv":
             state[name] = rng.normal(0.0, np.sqrt(2.0 / np.prod(tshape[1:])), tshape).astype(np.float32)
             continue
@@ -112,10 +113,10 @@ def test_documented_shapes(size):
 
 
 def test_parameter_count_and_names():
-    template = inc._param_template()
+    template = inc_weights._param_template()
     # 94 BasicConv2d (stem 5, A 3×7, B 4, C 4×10, D 6, E 2×9): conv kernel + BN scale, bias, mean, var
     assert len(template) == 94 * 5
-    names = {inc._torch_name(p) for p in template}
+    names = {inc_weights._torch_name(p) for p in template}
     assert "Mixed_7c.branch3x3dbl_3b.conv.weight" in names and "Conv2d_1a_3x3.bn.running_var" in names
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from lebm_jax.core import networks
+from lebm_jax.core import backend, networks
 from lebm_jax.core.networks import (
     ConvGenerator,
     EnergyMLP,
@@ -298,7 +298,7 @@ def _assert_close(a, b):
 @pytest.mark.parametrize("method", sorted(networks._UP_FORWARD))
 @pytest.mark.parametrize("shape, out_channels", _UP_SHAPES)
 def test_up_conv_transpose_forward_methods(method, shape, out_channels):
-    # Every way of computing the forward pass, whichever shapes `_up_methods` gives it.
+    # Every way of computing the forward pass, whichever shapes `backend.up_conv_methods` gives it.
     x, kernel, _, y_ref, _ = _up_case(shape, out_channels)
     y = jax.jit(networks._UP_FORWARD[method])(x, kernel)
     assert y.shape == y_ref.shape
@@ -316,7 +316,7 @@ def test_up_conv_transpose_input_gradient_methods(method, shape, out_channels):
 
 @pytest.mark.parametrize("shape, out_channels", _UP_SHAPES)
 def test_up_conv_transpose_value_and_gradients(shape, out_channels):
-    # The methods `_up_methods` picks for each shape (all of them over these shapes), value and both gradients.
+    # The methods `backend.up_conv_methods` picks for each shape (all of them over these shapes), value and both gradients.
     x, kernel, dy, y_ref, grads_ref = _up_case(shape, out_channels)
     y, vjp = jax.vjp(jax.jit(up_conv_transpose), x, kernel)
     _assert_close(y, y_ref)
@@ -325,7 +325,7 @@ def test_up_conv_transpose_value_and_gradients(shape, out_channels):
 
 
 def test_up_conv_transpose_methods_cover_every_implementation():
-    picked = [networks._up_methods(shape, (4, 4, shape[-1], o)) for shape, o in _UP_SHAPES]
+    picked = [backend.up_conv_methods(shape, (4, 4, shape[-1], o)) for shape, o in _UP_SHAPES]
     assert {f for f, _ in picked} == set(networks._UP_FORWARD) - {"xla"}
     assert {g for _, g in picked} == set(networks._UP_INPUT_GRAD)
 

@@ -20,9 +20,10 @@ import pytest
 
 from lebm_jax.core import linear_gaussian as lg
 from lebm_jax.core.model import image_model
-from lebm_jax.bench.benchmark import count_flops
+from lebm_jax.bench.flops import count_flops
 from lebm_jax.core.ladder import power_schedule
-from lebm_jax.core.objectives import ChainSpec, example_keys, loss_and_grads, make_objective, sample_power_posteriors
+from lebm_jax.core.langevin import ChainSpec
+from lebm_jax.core.objectives import example_keys, loss_and_grads, make_objective, sample_power_posteriors
 from mc import check_close, mean_and_se
 
 SIGMA0, SIGMA = 1.0, 0.5
@@ -68,7 +69,7 @@ def test_vanilla_gradients_match_fisher_identity(problem):
     obj = make_objective("vanilla", model, prior_chain=MALA, posterior_chain=MALA, num_chains=500)
     res = draws(obj, params, x)
     check_tree("vanilla grad", res.grads, exact_grad(log_marginal, params, x))
-    assert np.all(np.asarray(res.aux["posterior_accept"]) > 0.5)
+    assert np.all(np.asarray(res.aux.batch["posterior_accept"]) > 0.5)
 
 
 def test_ti_log_likelihood_estimate_within_its_error_bound(problem):
@@ -79,20 +80,20 @@ def test_ti_log_likelihood_estimate_within_its_error_bound(problem):
     res = draws(obj, params, x, seed=1)
     trap = jax.vmap(lambda xb: lg.trapezoid_log_lik(params, xb, ts, SIGMA0, SIGMA))(x)
     exact = jax.vmap(lambda xb: log_marginal(params, xb))(x)
-    mean, se = mean_and_se(res.aux["log_px"])
+    mean, se = mean_and_se(res.aux.batch["log_px"])
     check_close("TI log p̂(x) vs trapezoid of exact E_t", mean, trap, se)
     # against log p(x) itself, the bound adds the trapezoid's (exactly known) quadrature error
     check_close("TI log p̂(x) vs log p(x)", mean, exact, se, np.abs(trap - exact))
     # the loss is −mean log p̂ and the per-rung expectations are the E_i
-    np.testing.assert_allclose(res.losses.gen, -np.mean(res.aux["log_px"], axis=1), rtol=1e-5)
+    np.testing.assert_allclose(res.losses.gen, -np.mean(res.aux.batch["log_px"], axis=1), rtol=1e-5)
     e_exact = jax.vmap(lambda t: jnp.mean(jax.vmap(
         lambda xb: lg.expected_log_lik(params, xb, t, SIGMA0, SIGMA))(x)))(ts)
-    mean, se = mean_and_se(res.aux["rung_log_lik"])
+    mean, se = mean_and_se(res.aux.rungs["rung_log_lik"])
     check_close("TI rung E_i vs exact E_t", mean, e_exact, se)
     # the Friel-corrected estimate (S ≥ 2 chains give V_i) against the exactly corrected trapezoid
     v = jax.vmap(lambda xb: jax.vmap(lambda t: lg.variance_log_lik(params, xb, t, SIGMA0, SIGMA))(ts))(x)
     corrected = trap - jnp.sum(jnp.diff(ts) ** 2 / 12 * jnp.diff(v, axis=1), axis=1)
-    mean, se = mean_and_se(res.aux["log_px_friel"])
+    mean, se = mean_and_se(res.aux.batch["log_px_friel"])
     check_close("TI Friel-corrected log p̂(x) vs exact corrected", mean, corrected, se)
 
 
@@ -128,7 +129,7 @@ def test_ti_fisher_gradient_matches_exact_gradient(problem):
     check_tree("TI fisher gen grad vs ∇ log p(x)", res.grads["gen"], exact["gen"], quadrature)
     check_tree("TI fisher ebm grad", res.grads["ebm"], exact["ebm"])
     # the covariance term changes the gradient, not the loss value
-    np.testing.assert_allclose(res.losses.gen, -np.mean(res.aux["log_px"], axis=1), rtol=1e-5)
+    np.testing.assert_allclose(res.losses.gen, -np.mean(res.aux.batch["log_px"], axis=1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant, extra", [("vanilla", {}), ("ti", {"gradient": "fisher", "num_chains": 3})])
@@ -190,10 +191,10 @@ def test_image_model_step_is_finite_and_compiles_once(variant):
         res = step(params, x, jax.random.key(i))
         assert np.isfinite(res.losses.ebm) and np.isfinite(res.losses.gen)
         assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(res.grads))
-    assert res.aux["per_example_gen"].shape == (5,)
+    assert res.aux.per_example.gen.shape == (5,)
     if variant == "ti":
-        assert res.aux["rung_log_lik"].shape == (4,) and res.aux["log_px"].shape == (5,)
-        assert res.aux["rung_accept"].shape == (4,)
+        assert res.aux.rungs["rung_log_lik"].shape == (4,) and res.aux.batch["log_px"].shape == (5,)
+        assert res.aux.rungs["rung_accept"].shape == (4,)
     with pytest.raises(ValueError, match=r"data shape \(5, 16, 16, 3\)"):
         loss_and_grads(obj, params, jnp.zeros((5, 16, 16, 3)), jax.random.key(0))
 

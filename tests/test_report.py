@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lebm_jax.data import grids as images
+from lebm_jax.data import images
 from lebm_jax.study import report
 from lebm_jax.training.writers import JsonlWriter
 
@@ -53,7 +53,7 @@ def run_name(group, seed):
 
 
 def quality_keys(space):
-    """Logged names (lebm_jax.metrics.metric_name) of fd, kid, kid_std, precision, recall."""
+    """Logged names (lebm_jax.measure.metrics.metric_name) of fd, kid, kid_std, precision, recall."""
     if space == "inception":
         return dict(fd="eval/fid", kid="eval/kid", kid_std="eval/kid_std", precision="eval/precision",
                     recall="eval/recall")

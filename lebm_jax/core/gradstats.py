@@ -1,4 +1,4 @@
-"""Variance of the learning gradient: what the study measures (DESIGN §5).
+"""Variance of the learning gradient: what the study measures (design.md §5).
 
 The learning gradient ĝ(θ; B, ξ) depends on the minibatch B and the MCMC noise ξ. At fixed θ:
 
@@ -49,7 +49,7 @@ def objective_grad_fn(objective) -> GradFn:
 
     def fn(params, x, key):
         res = loss_and_grads(objective, params, x, key)
-        return res.grads, {"ebm": res.aux["per_example_ebm"], "gen": res.aux["per_example_gen"]}
+        return res.grads, {"ebm": res.aux.per_example.ebm, "gen": res.aux.per_example.gen}
 
     return fn
 

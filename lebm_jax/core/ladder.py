@@ -9,6 +9,7 @@ correction that uses the rung variances V_i = Var_{π_{t_i}}[log p_β(x|z)] (= d
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,3 +59,34 @@ def friel_correction(ts: Array, variances: Array, axis: int = 0) -> Array:
 def corrected_trapezoid(ts: Array, expectations: Array, variances: Array, axis: int = 0) -> Array:
     """Trapezoid estimate of log p(x) plus the Friel et al. (2014) correction."""
     return trapezoid(ts, expectations, axis) + friel_correction(ts, variances, axis)
+
+
+class TIEstimate(NamedTuple):
+    """The thermodynamic-integration estimate of log p(x) from per-chain log-likelihoods on a ladder.
+
+    log_px:       (B,) trapezoid over the rungs of ``integrand`` (by default the rung means E_i).
+    rung_mean:    (T, B) E_i = mean over chains of log p_β(x | z_{i,s}).
+    rung_var:     (T, B) V_i = unbiased variance over chains; None with one chain per example.
+    log_px_friel: (B,) log_px plus the Friel et al. (2014) correction; None with one chain per example.
+    """
+
+    log_px: Array
+    rung_mean: Array
+    rung_var: Array | None
+    log_px_friel: Array | None
+
+
+def ti_estimate(ts: Array, log_lik: Array, extra: Array | None = None) -> TIEstimate:
+    """log p̂(x) = Σ_i ½ (t_i − t_{i−1}) (E_i + E_{i−1}) from ``log_lik`` (T, S, B): S chains per rung and example.
+
+    ``extra`` (T, B), if given, is added to the rung means before integrating (the "fisher" gradient's
+    covariance term, whose value is 0). With S ≥ 2 chains the rung variances V_i and the Friel-corrected
+    estimate log_px − Σ_i (Δt_i² / 12)(V_i − V_{i−1}) come with it (design.md §3).
+    """
+    rung_mean = jnp.mean(log_lik, axis=1)  # (T, B)
+    integrand = rung_mean if extra is None else rung_mean + extra
+    log_px = trapezoid(ts, integrand)  # (B,)
+    if log_lik.shape[1] < 2:
+        return TIEstimate(log_px, rung_mean, None, None)
+    rung_var = jnp.var(log_lik, axis=1, ddof=1)  # (T, B)
+    return TIEstimate(log_px, rung_mean, rung_var, log_px + friel_correction(ts, rung_var))

@@ -19,6 +19,7 @@ interact).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
@@ -124,7 +125,7 @@ def langevin_chain(
       unroll: steps unrolled per loop iteration (``lax.scan``'s ``unroll``; True: all). On the CPU
         backend XLA runs convolutions inside a loop body many times slower than unrolled ones (20×
         for the digits generator; partial unrolling does not help), so chains through a conv
-        generator are best fully unrolled there (see `lebm_jax.train.chain_spec`).
+        generator are best fully unrolled there (`lebm_jax.core.backend.chain_unroll`).
 
     Returns:
       ChainResult with the final states (not differentiated through: callers treat samples as
@@ -179,3 +180,31 @@ def sample_base(
 ) -> Array:
     """Draws z_0 ~ π0 = N(0, σ0² I) with the given (..., nz) shape (per-index keys: see `draw`)."""
     return sigma * draw(jax.random.normal, key, shape, dtype, key_axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainSpec:
+    """Settings of one short-run chain (K steps of size s, ULA or MALA) and the chain they run.
+
+    ``unroll`` is how the loop is compiled (`lebm_jax.core.backend.chain_unroll` picks it), not a
+    property of the chain: any value gives the same draws up to float rounding.
+    """
+
+    num_steps: int
+    step_size: float
+    method: str = "ula"
+    unroll: int | bool = 1  # steps per loop iteration, see langevin_chain
+
+    def validate(self, name: str) -> "ChainSpec":
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 0:
+            raise ValueError(f"{name}.num_steps={self.num_steps!r} must be an int >= 0")
+        if not (isinstance(self.step_size, (int, float)) and self.step_size > 0):
+            raise ValueError(f"{name}.step_size={self.step_size!r} must be a number > 0")
+        if self.method not in METHODS:
+            raise ValueError(f"{name}.method={self.method!r} is not one of {METHODS}")
+        return self
+
+    def run(self, key: Array, z0: Array, log_prob_fn: LogProbFn, key_axis: int | None = None) -> ChainResult:
+        return langevin_chain(
+            key, z0, log_prob_fn, self.num_steps, self.step_size, self.method, key_axis, self.unroll
+        )

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lebm_jax.core import networks
+
 Array = jax.Array
 Params = Any
 
@@ -159,8 +161,6 @@ def image_model(
     ``image_shape`` is (H, W, C) with H = W a supported size and C in (1, 3). ``generator_dtype`` is the
     type the generator's convolutions compute in ("float32" or "bfloat16"); parameters stay float32.
     """
-    from lebm_jax.core import networks  # local: keeps this module importable on its own
-
     image_shape = tuple(image_shape)
     if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
         raise ValueError(f"image_shape={image_shape!r} must be (H, W, C) with H == W")

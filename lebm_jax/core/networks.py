@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lebm_jax.core.backend import up_conv_methods
+
 Array = jax.Array
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -104,7 +106,7 @@ def default_widths(ngf: int, num_doublings: int) -> tuple[int, ...]:
 # stride-2 layers avoid the convolution with a dilated input that flax and jax.grad produce: on CPU XLA's
 # kernel gradient of it runs 20-70x slower than the forward pass, and the forward pass itself up to 2x
 # slower than plain convolutions doing the same work. They are computed over the four output phases as
-# plain (undilated) convolutions or one matrix product instead; `_up_methods` picks one per shape.
+# plain (undilated) convolutions or one matrix product instead; `backend.up_conv_methods` picks one per shape.
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -208,24 +210,6 @@ _UP_FORWARD = {"xla": _up_reference, "row_phases": _up_forward_row_phases, "taps
 _UP_INPUT_GRAD = {"xla": _up_input_grad_xla, "pairs": _up_input_grad_pairs, "phases": _up_input_grad_phases}
 
 
-def _up_methods(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> tuple[str, str]:
-    """(forward, input gradient) of `up_conv_transpose` for x (N, H, W, C) and K (4, 4, C, O), by O.
-
-    From timings on a 2-core CPU at the generators' shapes: XLA's plain convolutions run fastest with many
-    output channels and a long contraction; with one to a few output channels a matrix product wins. Forward
-    + input gradient in ms, best of 40, XLA's (lax.conv_transpose and its VJP) → this choice:
-        SVHN    4×4×512→256, N 100     62.0 → 56.4   row_phases + phases
-        SVHN    8×8×256→128, N 100     83.2 → 54.5   row_phases + phases
-        SVHN  16×16×128→3,   N 100      5.9 → 5.3    taps + xla
-        digits  4×4×32→16,   N 1000     7.3 → 5.6    row_phases + xla
-        digits  8×8×16→1,    N 1000     4.6 → 2.2    taps + pairs
-    """
-    o = kernel_shape[-1]
-    forward = "taps" if o < 8 else "row_phases"
-    input_grad = "phases" if o >= 64 else ("pairs" if o == 1 else "xla")
-    return forward, input_grad
-
-
 def _cotangent_like(value: Array, primal: Array) -> Array:
     """`value` given `primal`'s type over shard_map's manual mesh axes (elsewhere a no-op), as a custom_vjp's
     cotangent must be: summed over the axes only `value` varies over (as the transpose of JAX's implicit
@@ -240,7 +224,7 @@ def _cotangent_like(value: Array, primal: Array) -> Array:
 
 
 def _up_forward(x: Array, kernel: Array) -> Array:
-    return _UP_FORWARD[_up_methods(x.shape, kernel.shape)[0]](x, kernel)
+    return _UP_FORWARD[up_conv_methods(x.shape, kernel.shape)[0]](x, kernel)
 
 
 @jax.custom_vjp
@@ -249,7 +233,7 @@ def up_conv_transpose(x: Array, kernel: Array) -> Array:
 
     y[2i − k + 2] += x[i] K[k] along each spatial axis: ``lax.conv_transpose(x, K, (2, 2), "SAME")`` up to float
     rounding. The forward pass and the input gradient are plain convolutions or a matrix product over the
-    output phases (`_up_methods`); the kernel gradient ∂K[kh, kw] = Σ_{n,i,j} x[n,i,j]ᵀ ∂y[n, 2i−kh+2, 2j−kw+2]
+    output phases (`backend.up_conv_methods`); the kernel gradient ∂K[kh, kw] = Σ_{n,i,j} x[n,i,j]ᵀ ∂y[n, 2i−kh+2, 2j−kw+2]
     is one matrix product over strided slices of ∂y.
     """
     return _up_forward(x, kernel)
@@ -263,7 +247,7 @@ def _up_bwd(residuals, dy):
     x, kernel = residuals
     _, h, w, c = x.shape
     kh_size, kw_size = kernel.shape[:2]
-    dx = _UP_INPUT_GRAD[_up_methods(x.shape, kernel.shape)[1]](dy, kernel)
+    dx = _UP_INPUT_GRAD[up_conv_methods(x.shape, kernel.shape)[1]](dy, kernel)
     # output index 2i − k + 2 runs over [−1, 2H + 1]; pad so that index o sits at o + 1
     dy_pad = jnp.pad(dy, ((0, 0), (1, 2), (1, 2), (0, 0)))
     taps = [

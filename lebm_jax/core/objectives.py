@@ -1,13 +1,18 @@
-"""The two learning objectives ("variants") and the function that turns one into gradients.
+"""The two learning objectives ("variants"), the interface they share, and their gradients for one batch.
 
-Each objective has two pure parts:
+An objective (`Objective`) is two pure functions and the settings they need:
 
-- ``sample(params, x, key)``: ``key`` is one PRNG key or one per example (B,); short-run chains for the prior z⁻ ~ p_α and the posterior(s) z⁺, drawn
-  with the parameters held constant (samples are constants to the learning gradient);
-- ``losses(params, x, samples)``: the EBM loss (depends on α only) and the generator loss (depends on
-  β only), plus an aux dict of estimates and chain diagnostics.
+- ``sample(params, x, key) -> Samples``: short-run chains for the prior z⁻ ~ p_α and the posterior(s)
+  z⁺, drawn with the parameters held constant (samples are constants to the learning gradient);
+  ``key`` is one PRNG key or one per example (B,);
+- ``losses(params, x, samples) -> (Losses, Aux)``: the EBM loss (depends on α only), the generator
+  loss (depends on β only), and structured auxiliary outputs (`Aux`): the per-example losses, the
+  batch values and the per-rung values to log.
 
-Sign conventions: losses are minimised; f_α is a log-density tilt, so the EBM loss
+Training (`lebm_jax.training.step`), the gradient statistics (`lebm_jax.core.gradstats`), the
+evaluators and the benchmark rely on this interface only, never on which objective it is.
+
+Sign conventions (design.md §3): losses are minimised; f_α is a log-density tilt, so the EBM loss
 
     loss_E = mean_b f_α(z⁻_b) − mean_b f_α(z⁺_b)
 
@@ -19,13 +24,13 @@ Fisher's identity.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
 from lebm_jax.core import ladder
-from lebm_jax.core.langevin import METHODS, ChainResult, langevin_chain, sample_base, split_keys
+from lebm_jax.core.langevin import ChainResult, ChainSpec, sample_base, split_keys
 from lebm_jax.core.model import LatentEBM
 
 Array = jax.Array
@@ -35,39 +40,54 @@ VARIANTS = ("vanilla", "ti")
 TI_GRADIENTS = ("pathwise", "fisher")
 
 
-@dataclasses.dataclass(frozen=True)
-class ChainSpec:
-    """Settings of one short-run chain: K steps of size s, ULA or MALA."""
-
-    num_steps: int
-    step_size: float
-    method: str = "ula"
-    unroll: int | bool = 1  # steps per loop iteration, see langevin_chain
-
-    def validate(self, name: str) -> "ChainSpec":
-        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 0:
-            raise ValueError(f"{name}.num_steps={self.num_steps!r} must be an int >= 0")
-        if not (isinstance(self.step_size, (int, float)) and self.step_size > 0):
-            raise ValueError(f"{name}.step_size={self.step_size!r} must be a number > 0")
-        if self.method not in METHODS:
-            raise ValueError(f"{name}.method={self.method!r} is not one of {METHODS}")
-        return self
-
-    def run(self, key: Array, z0: Array, log_prob_fn, key_axis: int | None = None) -> ChainResult:
-        return langevin_chain(
-            key, z0, log_prob_fn, self.num_steps, self.step_size, self.method, key_axis, self.unroll
-        )
-
-
 class Losses(NamedTuple):
-    ebm: Array  # scalar, depends on α only
-    gen: Array  # scalar, depends on β only
+    ebm: Array  # scalar (or (B,) per example), depends on α only
+    gen: Array  # scalar (or (B,) per example), depends on β only
+
+
+class Samples(NamedTuple):
+    """The chains' draws for one batch, held constant by the losses."""
+
+    z_prior: Array  # (S, B, nz): z⁻ ~ p_α
+    z_posterior: Array  # (T, S, B, nz): z ~ π_{t_i}(z|x) per rung; T = 1 (t = 1) for vanilla
+    batch: dict  # chain diagnostics logged as batch means: name -> scalar
+    rungs: dict  # per-rung chain diagnostics: name -> (T,)
+
+
+class Aux(NamedTuple):
+    """What an objective reports besides its losses (all held constant: no gradient flows through).
+
+    per_example: Losses of (B,): each example's EBM and generator loss; their batch means are the losses
+                 (the gradient statistics take the variance of these over chain draws).
+    batch:       name -> scalar or (B,): logged as its batch mean under ``name``.
+    rungs:       name -> (T,): logged per rung as ``name/i``.
+    """
+
+    per_example: Losses
+    batch: dict
+    rungs: dict
 
 
 class GradientResult(NamedTuple):
     grads: Params  # {"ebm": ∂loss_E/∂α, "gen": ∂loss_G/∂β}
     losses: Losses
-    aux: dict
+    aux: Aux
+
+
+class Objective(Protocol):
+    """What every objective provides (`Vanilla`, `ThermodynamicIntegration`)."""
+
+    model: LatentEBM
+    prior_chain: ChainSpec
+    posterior_chain: ChainSpec
+    num_chains: int  # S: chains per example (and rung)
+
+    def sample_posteriors(self, params: Params, x: Array, keys: Array) -> ChainResult:
+        """Posterior chains for ``x`` (B, ...) with one key per example: z (T, S, B, nz)."""
+
+    def sample(self, params: Params, x: Array, key: Array) -> Samples: ...
+
+    def losses(self, params: Params, x: Array, samples: Samples) -> tuple[Losses, Aux]: ...
 
 
 def _check_num_chains(num_chains: int, name: str) -> None:
@@ -92,7 +112,7 @@ def example_keys(key: Array, batch: int) -> Array:
     return jax.random.split(key, batch)
 
 
-def sample_prior(objective, params: Params, keys: Array) -> ChainResult:
+def sample_prior(objective: Objective, params: Params, keys: Array) -> ChainResult:
     """S·B prior chains z⁻ ~ p_α from π0, shape (S, B, nz); ``keys`` (B,) one per example."""
     model = objective.model
     k0, k = split_keys(keys, 2, key_axis=0)
@@ -130,13 +150,13 @@ def sample_power_posteriors(
     return chain.run(k, z0, log_density, key_axis=2)
 
 
-def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, dict]:
-    """Contrastive EBM loss from prior and posterior samples, both (S, B, nz)."""
+def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, Array, dict]:
+    """Contrastive EBM loss from prior and posterior samples, both (S, B, nz): (loss, per example (B,), stats)."""
     f_prior = model.tilt(params_ebm, z_prior)  # (S, B)
     f_post = model.tilt(params_ebm, z_post)  # (S, B)
     per_example = jnp.mean(f_prior, 0) - jnp.mean(f_post, 0)  # (B,)
     stats = {"f_prior": jnp.mean(f_prior), "f_posterior": jnp.mean(f_post)}
-    return jnp.mean(per_example), {"per_example_ebm": per_example, **stats}
+    return jnp.mean(per_example), per_example, stats
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -162,24 +182,26 @@ class Vanilla:
         return sample_power_posteriors(self.model, self.posterior_chain, params, x, keys, jnp.ones((1,)),
                                        self.num_chains)
 
-    def sample(self, params: Params, x: Array, key: Array) -> dict:
+    def sample(self, params: Params, x: Array, key: Array) -> Samples:
         self.model.check_data(x)
         k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
         prior = sample_prior(self, params, k_prior)
-        post = jax.tree.map(lambda a: a[0], self.sample_posteriors(params, x, k_post))  # the single t = 1
-        diag = {**_chain_diagnostics("prior", prior), **_chain_diagnostics("posterior", post)}
-        return {"z_prior": prior.z, "z_posterior": post.z, "diagnostics": diag}  # z: (S, B, nz)
+        post = self.sample_posteriors(params, x, k_post)  # the single rung t = 1
+        diag = {**_chain_diagnostics("prior", prior),
+                **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[0], post))}
+        return Samples(prior.z, post.z, diag, {})
 
-    def losses(self, params: Params, x: Array, samples: dict) -> tuple[Losses, dict]:
-        ell = self.model.log_likelihood(params["gen"], x, samples["z_posterior"])  # (S, B)
+    def losses(self, params: Params, x: Array, samples: Samples) -> tuple[Losses, Aux]:
+        z_post = samples.z_posterior[0]  # (S, B, nz)
+        ell = self.model.log_likelihood(params["gen"], x, z_post)  # (S, B)
         post_ll = jnp.mean(ell, 0)  # (B,)
-        loss_ebm, ebm_aux = _ebm_terms(self.model, params["ebm"], samples["z_prior"], samples["z_posterior"])
-        aux = {
-            "posterior_log_lik": jax.lax.stop_gradient(post_ll),
-            "per_example_gen": jax.lax.stop_gradient(-post_ll),
-            **jax.lax.stop_gradient(ebm_aux),
-            **samples["diagnostics"],
-        }
+        loss_ebm, per_example_ebm, ebm_stats = _ebm_terms(self.model, params["ebm"], samples.z_prior, z_post)
+        aux = Aux(
+            per_example=jax.lax.stop_gradient(Losses(per_example_ebm, -post_ll)),
+            batch={"posterior_log_lik": jax.lax.stop_gradient(post_ll), **jax.lax.stop_gradient(ebm_stats),
+                   **samples.batch},
+            rungs=dict(samples.rungs),
+        )
         return Losses(loss_ebm, -jnp.mean(post_ll)), aux
 
 
@@ -231,7 +253,7 @@ class ThermodynamicIntegration:
         return sample_power_posteriors(self.model, self.posterior_chain, params, x, keys, self.temperatures,
                                        self.num_chains, prior_rungs=1)
 
-    def sample(self, params: Params, x: Array, key: Array) -> dict:
+    def sample(self, params: Params, x: Array, key: Array) -> Samples:
         self.model.check_data(x)
         k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
         prior = sample_prior(self, params, k_prior)
@@ -239,38 +261,32 @@ class ThermodynamicIntegration:
         diag = {
             **_chain_diagnostics("prior", prior),
             **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[-1], rungs)),
-            "rung_accept": jnp.mean(rungs.accept_rate, axis=(1, 2)),  # (T,)
         }
-        return {"z_prior": prior.z, "z_rungs": rungs.z, "diagnostics": diag}  # z_rungs: (T, S, B, nz)
+        return Samples(prior.z, rungs.z, diag, {"rung_accept": jnp.mean(rungs.accept_rate, axis=(1, 2))})
 
-    def losses(self, params: Params, x: Array, samples: dict) -> tuple[Losses, dict]:
+    def losses(self, params: Params, x: Array, samples: Samples) -> tuple[Losses, Aux]:
         ts = self.temperatures
-        ell = self.model.log_likelihood(params["gen"], x, samples["z_rungs"])  # (T, S, B)
-        rung_ll = jnp.mean(ell, axis=1)  # (T, B): E_i per example
+        ell = self.model.log_likelihood(params["gen"], x, samples.z_posterior)  # (T, S, B)
+        extra = None
         if self.gradient == "fisher":
             ell_c = jax.lax.stop_gradient(ell)
             dev = ell_c - jnp.mean(ell_c, axis=1, keepdims=True)  # (T, S, B)
             # Value 0, gradient t · Ĉov_s(ℓ, ∇_β ℓ) with the unbiased (S − 1) normaliser.
             cov = jnp.sum(dev * (ell - ell_c), axis=1) / (self.num_chains - 1)  # (T, B)
-            integrand = rung_ll + ts[:, None] * cov
-        else:
-            integrand = rung_ll
-        log_px = ladder.trapezoid(ts, integrand)  # (B,)
-        loss_ebm, ebm_aux = _ebm_terms(self.model, params["ebm"], samples["z_prior"], samples["z_rungs"][-1])
-        log_px_c = jax.lax.stop_gradient(log_px)
-        aux = {
-            "log_px": log_px_c,
-            "rung_log_lik": jax.lax.stop_gradient(jnp.mean(rung_ll, axis=1)),  # (T,)
-            "posterior_log_lik": jax.lax.stop_gradient(rung_ll[-1]),
-            "per_example_gen": -log_px_c,
-            **jax.lax.stop_gradient(ebm_aux),
-            **samples["diagnostics"],
-        }
-        if self.num_chains >= 2:
-            rung_var = jax.lax.stop_gradient(jnp.var(ell, axis=1, ddof=1))  # (T, B): V_i per example
-            aux["rung_var"] = jnp.mean(rung_var, axis=1)
-            aux["log_px_friel"] = log_px_c + ladder.friel_correction(ts, rung_var)
-        return Losses(loss_ebm, -jnp.mean(log_px)), aux
+            extra = ts[:, None] * cov
+        est = ladder.ti_estimate(ts, ell, extra)
+        loss_ebm, per_example_ebm, ebm_stats = _ebm_terms(
+            self.model, params["ebm"], samples.z_prior, samples.z_posterior[-1])
+        const = jax.lax.stop_gradient
+        log_px = const(est.log_px)
+        batch = {"log_px": log_px, "posterior_log_lik": const(est.rung_mean[-1]), **const(ebm_stats),
+                 **samples.batch}
+        rungs = {"rung_log_lik": const(jnp.mean(est.rung_mean, axis=1)), **samples.rungs}  # (T,) each
+        if est.rung_var is not None:
+            rungs["rung_var"] = const(jnp.mean(est.rung_var, axis=1))
+            batch["log_px_friel"] = const(est.log_px_friel)
+        aux = Aux(per_example=const(Losses(per_example_ebm, -log_px)), batch=batch, rungs=rungs)
+        return Losses(loss_ebm, -jnp.mean(est.log_px)), aux
 
 
 def make_objective(
@@ -283,7 +299,7 @@ def make_objective(
     num_temps: int = 10,
     power: float = 1.0,
     gradient: str = "pathwise",
-):
+) -> Objective:
     """The objective named ``variant`` ("vanilla" or "ti"); ladder settings apply to "ti" only."""
     if variant == "vanilla":
         return Vanilla(model, prior_chain, posterior_chain, num_chains)
@@ -292,7 +308,7 @@ def make_objective(
     raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")
 
 
-def loss_and_grads(objective, params: Params, x: Array, key: Array) -> GradientResult:
+def loss_and_grads(objective: Objective, params: Params, x: Array, key: Array) -> GradientResult:
     """Both parameter gradients for one batch, from one chain run and one backward pass.
 
     Samples are drawn at ``stop_gradient(params)``; the gradient of loss_E + loss_G is taken with them

@@ -1,21 +1,27 @@
 """Sampling from a trained model: prior latents, generated images, posterior inference, TI log-likelihood.
 
 Pure functions of (params, inputs, key); jit them with the model and chain settings closed over
-(`lebm_jax.api.Trained` does). Generation follows the paper: z ~ p_α by the prior chain, then
-x = g_β(z) with no added noise.
+(`lebm_jax.training.trained.Trained` does). Generation follows the paper (design.md §1): z ~ p_α by the
+prior chain, then x = g_β(z) with no added noise. `generate` is the one generation path: the sample
+grids and `Trained` call it jitted on one device (`jit_generate`), the sample-quality evaluator and the
+benchmark split over devices (`make_generate_fn`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lebm_jax.core import ladder
-from lebm_jax.core.langevin import ChainResult, sample_base
+from lebm_jax.core.devices import AXIS, data_mesh
+from lebm_jax.core.langevin import ChainResult, ChainSpec, sample_base
 from lebm_jax.core.model import LatentEBM
-from lebm_jax.core.objectives import ChainSpec, example_keys, sample_power_posteriors
+from lebm_jax.core.objectives import example_keys, sample_power_posteriors
 
 Array = jax.Array
 Params = Any
@@ -33,6 +39,31 @@ def generate(model: LatentEBM, chain: ChainSpec, params: Params, key: Array, num
     return model.generate(params["gen"], prior_latents(model, chain, params, key, num).z)
 
 
+def jit_generate(model: LatentEBM, chain: ChainSpec) -> Callable[[Params, Array, int], Array]:
+    """`generate` jitted on one device: (params, key, num) -> num images; compiled once per ``num``."""
+    return jax.jit(functools.partial(generate, model, chain), static_argnums=2)
+
+
+def make_generate_fn(model: LatentEBM, chain: ChainSpec, num: int,
+                     mesh: jax.sharding.Mesh | None = None) -> Callable[[Params, Array], Array]:
+    """Jitted (params, key) -> ``num`` generated images, `generate` split over the devices of ``mesh``.
+
+    Each device runs ``num / devices`` prior chains with the key ``fold_in(key, device index)``; the
+    result is sharded over the mesh axis "data". ``mesh`` defaults to all devices.
+    """
+    mesh = mesh if mesh is not None else data_mesh()
+    if num % mesh.size:
+        raise ValueError(f"{num} images cannot be split evenly over the {mesh.size} devices")
+    per_device = num // mesh.size
+
+    def local(params, key):
+        key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+        return generate(model, chain, params, key, per_device)
+
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=P(AXIS))
+    return jax.jit(fn, out_shardings=NamedSharding(mesh, P(AXIS)))
+
+
 def posterior_latents(
     model: LatentEBM, chain: ChainSpec, params: Params, x: Array, key: Array, t: float | Array = 1.0
 ) -> ChainResult:
@@ -41,11 +72,6 @@ def posterior_latents(
     temps = jnp.reshape(jnp.asarray(t, jnp.float32), (1,))
     res = sample_power_posteriors(model, chain, params, x, example_keys(key, x.shape[0]), temps, 1)
     return jax.tree.map(lambda a: a[0, 0], res)
-
-
-def reconstruct(model: LatentEBM, chain: ChainSpec, params: Params, x: Array, key: Array) -> Array:
-    """g_β(z⁺) with z⁺ from the posterior chain: (B, *event_shape)."""
-    return model.generate(params["gen"], posterior_latents(model, chain, params, x, key).z)
 
 
 def ti_log_likelihood(
@@ -61,15 +87,15 @@ def ti_log_likelihood(
     """Thermodynamic-integration estimate of log p(x) per example (trapezoid over t_i = (i/(N−1))^p).
 
     Returns {"log_px": (B,), "rung_log_lik": (N, B)} and, with num_chains ≥ 2, the Friel-corrected
-    "log_px_friel": (B,). The log p(x) is that of the model with the normalised prior p_α.
+    "log_px_friel": (B,) (`lebm_jax.core.ladder.ti_estimate`, design.md §3). The log p(x) is that of
+    the model with the normalised prior p_α.
     """
     model.check_data(x)
     ts = ladder.power_schedule(num_temps, power)
     res = sample_power_posteriors(model, chain, params, x, example_keys(key, x.shape[0]), ts, num_chains,
                                   prior_rungs=1)  # t_0 = 0
-    ell = model.log_likelihood(params["gen"], x, res.z)  # (N, S, B)
-    rung = jnp.mean(ell, axis=1)
-    out = {"log_px": ladder.trapezoid(ts, rung), "rung_log_lik": rung}
-    if num_chains >= 2:
-        out["log_px_friel"] = out["log_px"] + ladder.friel_correction(ts, jnp.var(ell, axis=1, ddof=1))
+    est = ladder.ti_estimate(ts, model.log_likelihood(params["gen"], x, res.z))  # ℓ: (N, S, B)
+    out = {"log_px": est.log_px, "rung_log_lik": est.rung_mean}
+    if est.log_px_friel is not None:
+        out["log_px_friel"] = est.log_px_friel
     return out

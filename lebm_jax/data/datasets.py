@@ -33,6 +33,9 @@ import operator
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from lebm_jax.data.images import to_float
 
 DIGITS_TEST = 297  # the last 297 of scikit-learn's 1,797 digits are the test split
 CELEBA_CROP = 140  # centre crop of the 218×178 aligned CelebA faces before resizing (Pang et al.)
@@ -58,14 +61,6 @@ class ImageData:
     test: np.ndarray  # (M, H, W, C) uint8
     train_labels: np.ndarray | None  # (N,) int64
     test_labels: np.ndarray | None  # (M,) int64
-
-
-def to_float(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] → float32 [−1, 1]: x/127.5 − 1 (0 → −1, 255 → 1 exactly)."""
-    images_uint8 = np.asarray(images_uint8)
-    if images_uint8.dtype != np.uint8:
-        raise ValueError(f"to_float expects uint8 images, got dtype {images_uint8.dtype}")
-    return images_uint8.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,7 +92,7 @@ def load(data_config) -> ImageData:
 @functools.cache
 def _tf():
     """TensorFlow, imported on first use and kept off any accelerator (JAX owns those)."""
-    import tensorflow as tf
+    import tensorflow as tf  # local: seconds to import, and only the tfds, npz and folder data sets need it
 
     try:
         tf.config.set_visible_devices([], "GPU")
@@ -135,7 +130,7 @@ def _tf_transform(images, size: int, channels: int, crop: int | None = None):
 
 
 def _load_digits(size: int, channels: int) -> ImageData:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # local: scikit-learn is slow to import and only digits needs it
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
@@ -146,7 +141,7 @@ def _load_digits(size: int, channels: int) -> ImageData:
 
 
 def _load_tfds(name: str, path: str, size: int, channels: int) -> ImageData:
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # local: imports TensorFlow (seconds); only tfds data sets need it
 
     tfds_name, crop, label_key = TFDS_SOURCES[name]
     builder = tfds.builder(tfds_name, data_dir=path or None)
@@ -247,8 +242,6 @@ def _read_npz(path: str, size: int, channels: int) -> tuple[np.ndarray, np.ndarr
 
 def _read_folder(path: str, size: int, channels: int) -> np.ndarray:
     """PNG/JPEG files under ``path`` (recursive, sorted) → (N, size, size, channels) uint8."""
-    from PIL import Image
-
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"data.path={str(root)!r}: no such image folder")

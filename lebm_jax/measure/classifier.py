@@ -131,14 +131,9 @@ def _batched(fn: Callable[[np.ndarray], jax.Array], images: np.ndarray, out_dim:
     return np.concatenate(outputs) if outputs else np.zeros((0, out_dim), np.float32)
 
 
-def to_float_jax(images_uint8: jax.Array) -> jax.Array:
-    """uint8 → float32 in [−1, 1] on the device, x/127.5 − 1 exactly as `data.to_float`."""
-    return images_uint8.astype(jnp.float32) / jnp.float32(127.5) - jnp.float32(1.0)
-
-
 def accuracy(params, model: ConvClassifier, images_uint8: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of images whose arg-max logit is the label."""
-    logits_fn = jax.jit(lambda x: model.apply(params, to_float_jax(x))[0])
+    logits_fn = jax.jit(lambda x: model.apply(params, to_float(x))[0])
     logits = _batched(logits_fn, images_uint8, model.num_classes, EVAL_BATCH)
     return float(np.mean(np.argmax(logits, axis=1) == labels)) if len(labels) else float("nan")
 
@@ -196,7 +191,7 @@ def train_classifier(
         return jax.vmap(crop)(padded, offsets)
 
     def loss_fn(params, x, y):
-        logits, _ = model.apply(params, to_float_jax(x))
+        logits, _ = model.apply(params, to_float(x))
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit

@@ -1,17 +1,6 @@
-"""The variance study: a grid of training runs in one workdir, run one after another, resumable.
+"""The study runner: the grid's training runs in one workdir, one after another, resumable, then the report.
 
-The grid is ``vanilla`` at the base batch size and at each of ``batch_sizes`` (the study's other way to
-change gradient variance), and ``ti`` for each schedule power p in ``powers`` (N = ``num_temps`` rungs,
-t_i = (i/(N−1))^p), each times ``seeds``. Runs differ from ``study.train`` (a full training config) only
-in those fields.
-
-Layout of a study workdir (what `lebm_jax.report` reads):
-
-    study.json              the grid, the machine, and the study's wall time so far
-    runs/<name>/            one training workdir per run (config.json, metrics.jsonl, checkpoints/, samples/)
-    runs/<name>/done.json   written when the run has finished: {"wall_seconds", "final_step", "finished"}
-    report/                 figures, tables and report.md
-
+What it writes is laid out in `lebm_jax.study.layout`; which runs there are, in `lebm_jax.study.grid`.
 Starting the study again skips finished runs (done.json) and resumes an interrupted one from its latest
 checkpoint, so a study can be stopped at any time without losing finished work.
 """
@@ -27,118 +16,22 @@ import platform
 import time
 from typing import Callable
 
+import jax
 import ml_collections
 
-from lebm_jax.training import config as config_lib
-
-STUDY_FILE = "study.json"
-DONE_FILE = "done.json"
-
-
-FULL_SCALE_POWERS = (0.1, 0.3, 1.0, 2.0, 3.0, 6.0, 10.0)
-FULL_SCALE_SEEDS = (0, 1, 2, 3, 4)
-FULL_SCALE_BATCH_SIZES = (25, 50, 200)  # vanilla, besides the training config's own batch size
-
-
-def full_scale(name: str, train_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The study's own settings around a full training config: N = 10 rungs, p ∈ FULL_SCALE_POWERS,
-    five seeds, vanilla also at FULL_SCALE_BATCH_SIZES; Inception FID every 5,000 steps."""
-    c = ml_collections.ConfigDict()
-    c.name = name
-    train_config.eval.feature_space = "inception"
-    c.train = train_config
-    c.vanilla = True
-    c.batch_sizes = FULL_SCALE_BATCH_SIZES
-    c.powers = FULL_SCALE_POWERS
-    c.num_temps = 10
-    c.seeds = FULL_SCALE_SEEDS
-    c.compile_cache = True
-    return c
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One cell of the grid."""
-
-    name: str  # directory name under runs/
-    group: str  # the curve it belongs to (seeds of one group are averaged)
-    variant: str
-    seed: int
-    batch_size: int
-    power: float | None = None  # ti only
-    num_temps: int | None = None  # ti only
-
-    def overrides(self) -> dict:
-        out = {"variant": self.variant, "seed": self.seed, "batch_size": self.batch_size}
-        if self.variant == "ti":
-            out.update({"ti.power": self.power, "ti.num_temps": self.num_temps})
-        return out
-
-
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
-def study_grid(study: ml_collections.ConfigDict) -> list[RunSpec]:
-    """The runs of a study config, seeds innermost (a group's seeds run one after another)."""
-    base_batch = int(study.train.batch_size)
-    cells: list[tuple[str, str, dict]] = []
-    if study.vanilla:
-        for b in (base_batch, *[int(v) for v in study.batch_sizes if int(v) != base_batch]):
-            label = "vanilla" if b == base_batch else f"vanilla B={b}"
-            cells.append((f"vanilla_b{b}", label, {"variant": "vanilla", "batch_size": b}))
-    for p in study.powers:
-        p = float(p)
-        cells.append((f"ti_p{_number(p)}_b{base_batch}", f"ti p={_number(p)}",
-                      {"variant": "ti", "batch_size": base_batch, "power": p, "num_temps": int(study.num_temps)}))
-    runs = []
-    for stem, group, fields in cells:
-        for seed in study.seeds:
-            runs.append(RunSpec(name=f"{stem}_s{int(seed)}", group=group, seed=int(seed), **fields))
-    if not runs:
-        raise ValueError("the study grid is empty: set vanilla=True or give at least one power")
-    return runs
-
-
-def run_config(study: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
-    """The training config of one run: ``study.train`` with the run's fields, validated."""
-    config = ml_collections.ConfigDict(study.train.to_dict())
-    config.update_from_flattened_dict(spec.overrides())
-    return config_lib.validate(config)
-
-
-def validate(study: ml_collections.ConfigDict) -> list[RunSpec]:
-    """Checks the study config and every run's training config before any work; returns the grid."""
-    for field in ("powers", "seeds", "batch_sizes"):
-        if isinstance(study[field], (str, bytes)) or not hasattr(study[field], "__iter__"):
-            raise ValueError(f"study.{field}={study[field]!r} must be a list")
-    if len(set(study.seeds)) != len(study.seeds):
-        raise ValueError(f"study.seeds={tuple(study.seeds)!r} repeats a seed")
-    grid = study_grid(study)
-    for spec in grid:
-        try:
-            run_config(study, spec)
-        except ValueError as e:
-            raise ValueError(f"run {spec.name}: {e}") from None
-    return grid
+from lebm_jax.core.devices import host_value
+from lebm_jax.data.files import cache_dir, read_json, write_json
+from lebm_jax.study.grid import RunSpec, run_config, validate
+from lebm_jax.study.layout import DONE_FILE, REPORT_DIR, RUNS_DIR, STUDY_FILE, run_directory
+from lebm_jax.study.report import make_report
+from lebm_jax.training.loop import train_and_evaluate
 
 
 def is_done(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, DONE_FILE))
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def machine() -> dict:
-    import jax
-
     devices = jax.devices()
     return {
         "platform": platform.platform(),
@@ -214,26 +107,21 @@ def run_study(
 ) -> dict:
     """Runs every unfinished run of the grid in ``workdir``, then writes the report.
 
-    ``train_fn(config, run_dir)`` defaults to `lebm_jax.train.train_and_evaluate`. Returns the study
-    record (also written to <workdir>/study.json).
+    ``train_fn(config, run_dir)`` defaults to `lebm_jax.training.loop.train_and_evaluate`. Returns the
+    study record (also written to <workdir>/study.json).
     """
     grid = validate(study)
     workdir = os.path.abspath(workdir)
-    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+    os.makedirs(os.path.join(workdir, RUNS_DIR), exist_ok=True)
     if train_fn is None:
-        from lebm_jax.training import loop as train
-
-        train_fn = train.train_and_evaluate
+        train_fn = train_and_evaluate
     if study.compile_cache:
         _enable_compile_cache()
 
     record_path = os.path.join(workdir, STUDY_FILE)
-    previous = {}
-    if os.path.isfile(record_path):
-        with open(record_path) as f:
-            previous = json.load(f)
-        if previous.get("runs") and [r["name"] for r in previous["runs"]] != [s.name for s in grid]:
-            logging.warning("the grid differs from the one recorded in %s; runs already there are kept", record_path)
+    previous = read_json(record_path) if os.path.isfile(record_path) else {}
+    if previous.get("runs") and [r["name"] for r in previous["runs"]] != [s.name for s in grid]:
+        logging.warning("the grid differs from the one recorded in %s; runs already there are kept", record_path)
     record = {
         "name": study.name,
         "runs": [dataclasses.asdict(s) for s in grid],
@@ -241,11 +129,11 @@ def run_study(
         "wall_seconds": float(previous.get("wall_seconds", 0.0)),
         "study_config": json.loads(study.to_json()),
     }
-    _write_json(record_path, record)
+    write_json(record_path, record)
 
     steps = {s.name: int(run_config(study, s).num_steps) for s in grid}
     progress = Progress(grid, steps)
-    done = {s.name for s in grid if is_done(os.path.join(workdir, "runs", s.name))}
+    done = {s.name for s in grid if is_done(run_directory(workdir, s.name))}
     if done:
         log(f"study: {len(done)} of {len(grid)} runs already finished; they are kept")
     session_start = time.time()
@@ -253,12 +141,12 @@ def run_study(
         if spec.name in done:
             continue
         log(progress.line(done, spec))
-        run_dir = os.path.join(workdir, "runs", spec.name)
+        directory = run_directory(workdir, spec.name)
         t = time.time()
-        result = train_fn(run_config(study, spec), run_dir)
+        result = train_fn(run_config(study, spec), directory)
         seconds = time.time() - t
         final_step = int(_final_step(result, steps[spec.name]))
-        _write_json(os.path.join(run_dir, DONE_FILE), {
+        write_json(os.path.join(directory, DONE_FILE), {
             "wall_seconds": seconds,  # of the attempt that finished it (a resumed run: its last part)
             "final_step": final_step,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -266,13 +154,11 @@ def run_study(
         progress.seconds[spec.name] = seconds
         done.add(spec.name)
         record["wall_seconds"] = float(previous.get("wall_seconds", 0.0)) + time.time() - session_start
-        _write_json(record_path, record)
+        write_json(record_path, record)
     log(progress.line(done, None))
     if report:
-        from lebm_jax.study import report as report_lib
-
-        paths = report_lib.make_report(workdir)
-        log(f"report: {paths.get('report', os.path.join(workdir, 'report'))}")
+        paths = make_report(workdir)
+        log(f"report: {paths.get('report', os.path.join(workdir, REPORT_DIR))}")
     return record
 
 
@@ -280,18 +166,12 @@ def _final_step(result, default: int) -> int:
     state = getattr(result, "state", None)
     if state is None:
         return default
-    from lebm_jax.training.loop import host_value
-
     return int(host_value(state.step))
 
 
 def _enable_compile_cache() -> None:
     """XLA's persistent compilation cache in cache_dir("xla"): runs whose programs coincide (the seeds of
     one group) compile once, in this process and the next."""
-    import jax
-
-    from lebm_jax.data.files import cache_dir
-
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir("xla")))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -1,6 +1,6 @@
 """The experiment configuration: its fields, defaults and validation.
 
-`base_config()` returns the reference settings (Pang et al.'s official SVHN code, DESIGN §8); the
+`base_config()` returns the reference settings (Pang et al.'s official SVHN code, design.md §8); the
 files in ``configs/`` start from it and change a few fields. `validate(config)` runs before any work
 and raises ValueError naming the first field with a bad value. Unknown keys are rejected earlier by
 the locked ConfigDict (``--config.modle.ngf=...`` fails in flag parsing).
@@ -8,13 +8,17 @@ the locked ConfigDict (``--config.modle.ngf=...`` fails in flag parsing).
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import ml_collections
 
 from lebm_jax.core import ladder
 from lebm_jax.core.langevin import METHODS
+from lebm_jax.core.networks import generator_layout
 from lebm_jax.core.objectives import TI_GRADIENTS, VARIANTS
+from lebm_jax.measure.features import FEATURE_SPACES
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "svhn", "cifar10", "celeba", "npz", "folder")
 GENERATOR_DTYPES = ("float32", "bfloat16")
@@ -70,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_samples = 64  # images in each sample grid
     c.num_heldout = 500  # test images for the held-out reconstruction error and log-likelihood
 
-    # Sample quality during training (lebm_jax.evaluation): generated images against the training split.
+    # Sample quality during training (lebm_jax.measure.sample_quality): generated images against the training split.
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 5000  # steps between evaluations; 0 = never during training
     c.eval.num_samples = 10_000  # generated images per evaluation
@@ -83,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.infinity = False  # also FID∞ / KID∞ (costs several FD and KID evaluations)
     c.eval.heldout_log_px = True  # TI estimate of log p(x) on the held-out images (config.ti's ladder)
 
-    # Variance of the learning gradient during training (lebm_jax.gradstats, DESIGN §5).
+    # Variance of the learning gradient during training (lebm_jax.core.gradstats, design.md §5).
     c.gradstats = ml_collections.ConfigDict()
     c.gradstats.every = 1000  # steps between measurements; 0 = never
     c.gradstats.num_draws = 8  # R: independent (batch, chain) draws, and chain draws per fixed batch
@@ -92,14 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-FEATURE_SPACES = ("auto", "inception", "classifier", "none")
-
-
 def from_file(path) -> ml_collections.ConfigDict:
     """``get_config()`` of a config file (e.g. ``configs/svhn.py``), as a study config builds on one."""
-    import importlib.util
-    from pathlib import Path
-
     path = Path(path)
     spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
@@ -148,9 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("data.path", config.data.path, f"data.name={config.data.name!r} needs a path")
     if not 0.0 <= config.data.test_fraction < 1.0:
         bad("data.test_fraction", config.data.test_fraction, "must be in [0, 1)")
-    from lebm_jax.core.networks import generator_layout  # raises naming image_size when unsupported
-
-    try:
+    try:  # generator_layout raises naming image_size when it is unsupported
         _, doublings = generator_layout(config.data.image_size)
     except ValueError as e:
         raise ValueError(f"config.data.{e}") from None

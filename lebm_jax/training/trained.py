@@ -1,6 +1,6 @@
 """Load a trained workdir and call its jitted samplers from Python.
 
-    from lebm_jax.training.trained import Trained
+    from lebm_jax.api import Trained
     model = Trained.load("runs/digits")              # latest checkpoint (or step=...)
     images = model.generate(jax.random.key(0), 64)   # (64, H, W, C) in [-1, 1]
     z = model.posterior(images, jax.random.key(1))   # z ~ p(z|x), (64, nz); t=0.5 for π_t
@@ -22,10 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lebm_jax.training import config as config_lib
 from lebm_jax.core import sampling
-from lebm_jax.training.checkpoint import Checkpointer, abstract_like
 from lebm_jax.core.model import LatentEBM
+from lebm_jax.data.images import to_float
+from lebm_jax.training import build
+from lebm_jax.training import config as config_lib
+from lebm_jax.training.checkpoint import Checkpointer, abstract_like
+from lebm_jax.training.step import create_train_state
 
 Array = jax.Array
 
@@ -34,7 +37,7 @@ def _as_images(x) -> Array:
     """uint8 images in [0, 255] or floats in [-1, 1] -> float32 in [-1, 1]."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
-        return jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+        return jnp.asarray(to_float(x))
     return jnp.asarray(x, jnp.float32)
 
 
@@ -49,8 +52,6 @@ class Trained:
     @classmethod
     def load(cls, workdir: str, step: int | None = None) -> "Trained":
         """The parameters of ``workdir``'s checkpoint at ``step`` (default: the latest)."""
-        from lebm_jax.training import loop as train  # local: train imports the data stack
-
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: is it a training workdir?")
         ckpt = Checkpointer(workdir, max_to_keep=None, read_only=True)
@@ -63,8 +64,8 @@ class Trained:
             elif step not in steps:
                 raise ValueError(f"step={step} has no checkpoint in {ckpt.directory}; there are {steps}")
             config = config_lib.from_saved(ckpt.read_config(step))
-            model = train.build_model(config)
-            template = train.create_train_state(model, train.make_optimizers(config, 1), jax.random.key(0))
+            model = build.build_model(config)
+            template = create_train_state(model, build.make_optimizers(config, 1), jax.random.key(0))
             state = ckpt.restore(step, abstract_like(template), config)
         finally:
             ckpt.close()
@@ -73,15 +74,11 @@ class Trained:
     # --- chains -----------------------------------------------------------------------------------
     @functools.cached_property
     def _prior_chain(self):
-        from lebm_jax.training.loop import chain_spec
-
-        return chain_spec(self.config.prior_chain, through_generator=False)
+        return build.prior_chain(self.config)
 
     @functools.cached_property
     def _posterior_chain(self):
-        from lebm_jax.training.loop import chain_spec
-
-        return chain_spec(self.config.posterior_chain, through_generator=True)
+        return build.posterior_chain(self.config)
 
     @functools.cached_property
     def _jitted(self) -> dict:
@@ -89,7 +86,7 @@ class Trained:
         return {
             "prior": jax.jit(lambda p, k, n: sampling.prior_latents(m, self._prior_chain, p, k, n).z,
                              static_argnums=2),
-            "generate": jax.jit(lambda p, k, n: sampling.generate(m, self._prior_chain, p, k, n), static_argnums=2),
+            "generate": sampling.jit_generate(m, self._prior_chain),
             "posterior": jax.jit(lambda p, x, k, t: sampling.posterior_latents(m, self._posterior_chain, p, x, k, t).z),
             "decode": jax.jit(lambda p, z: m.generate(p["gen"], z)),
             "ti": jax.jit(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any, Mapping
 
+from absl import logging as absl_logging
 from clu import metric_writers
 
 
@@ -96,10 +98,6 @@ class _QuietLibraries:
 
 
 def quiet_library_logs() -> None:
-    import logging
-
-    from absl import logging as absl_logging
-
     handler = absl_logging.get_absl_handler()
     if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
         handler.addFilter(_QuietLibraries())

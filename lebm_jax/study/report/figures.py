@@ -1,0 +1,231 @@
+"""The report's figures, each a PNG drawn with matplotlib's Agg canvas (no pyplot state).
+
+    gradient_variance.png       total gradient variance (docs/design.md §5) against iteration, EBM and generator
+    sample_quality.png          the sample-quality Fréchet distance against iteration
+    quality_vs_variance.png     that distance against the gradient variance, with a least-squares trend
+    loglik_variance.png         variance of the generator's loss estimate over MCMC draws against iteration
+    ti_schedule.png             the temperature ladders t_i = (i/(N−1))^p and the TI integrand E_t against t
+    samples.png                 the final sample grid of each group
+
+Each ``plot_*`` returns the path it wrote, or None (and writes nothing) when it has no data. A new figure
+is a ``plot_*`` function here and a line in `_DRAWN` at the bottom (its key and file name); the page
+(`lebm_jax.study.report.page`) gives it a section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Callable, Iterable
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+from PIL import Image
+
+from lebm_jax.study.report.load import Run
+from lebm_jax.study.report.stats import (PARTS, Point, QualityNames, Trend, fit_trend, quality_variance_points,
+                                         series, ti_integrand)
+
+DPI = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureData:
+    """What the figures are drawn from (the page cites the trends and the integrands' steps too)."""
+
+    groups: dict[str, list[Run]]
+    names: QualityNames
+    points: dict[str, list[Point]]  # part -> (variance, distance) points, empty without sample quality
+    trends: dict[str, Trend | None]  # part -> trend of distance on log10 variance
+    integrands: dict[str, tuple[np.ndarray, np.ndarray, int]]  # ti group -> (t_i, E_i, step)
+    grids: dict[str, tuple[str, str]]  # group -> (final sample grid PNG, subtitle)
+
+
+def figure_data(groups: dict[str, list[Run]], names: QualityNames) -> FigureData:
+    """The points, trends, TI integrands and final sample grids of the study's groups."""
+    points = {part: quality_variance_points(groups, names.key("fd"), f"gradstats/total_var/{part}")
+              for part in PARTS} if names.space else {}
+    trends = {part: fit_trend(pts) for part, pts in points.items()}
+    integrands = {}
+    for group, runs in groups.items():
+        if (curve := ti_integrand(runs)) is not None:
+            integrands[group] = curve
+    grids = {}
+    for group, runs in groups.items():
+        for run in runs:
+            if (png := run.final_samples()) is not None:
+                step = int(re.search(r"(\d+)\.png$", png).group(1))
+                grids[group] = (png, f"seed {run.seed}, step {step}")
+                break
+    return FigureData(groups, names, points, trends, integrands, grids)
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    """A figure drawn by the Agg canvas (no pyplot, no global backend change) and its axes."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _colours(groups: Iterable[str]) -> dict[str, tuple]:
+    cmap = colormaps["tab10"]
+    return {g: cmap(i % 10) for i, g in enumerate(groups)}
+
+
+def _band(ax, steps, mean, lo, hi, colour, label, **line):
+    ax.plot(steps, mean, color=colour, label=label, **line)
+    if len(steps) and np.any(hi > lo):
+        ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
+
+
+def plot_gradient_variance(groups: dict[str, list[Run]], path: str, mcmc: bool = True) -> str | None:
+    """Total gradient variance against iteration, EBM and generator panels, log y; MCMC variance dashed."""
+    if not any(series(runs, f"gradstats/total_var/{p}", True)[0].size for runs in groups.values() for p in PARTS):
+        return None
+    colours = _colours(groups)
+    fig, axes = _figure(9.0, 3.6, ncols=2)
+    for ax, (part, title) in zip(axes, PARTS.items()):
+        for group, runs in groups.items():
+            _band(ax, *series(runs, f"gradstats/total_var/{part}", True), colours[group], group)
+            if mcmc:
+                steps, mean, _, _ = series(runs, f"gradstats/mcmc_var/{part}", True)
+                ax.plot(steps, mean, color=colours[group], linestyle="--", linewidth=1)
+        ax.set(yscale="log", xlabel="iteration", ylabel="gradient variance (mean over coordinates)", title=title)
+    axes[0].legend(fontsize=7, title="solid: total, dashed: MCMC", title_fontsize=7)
+    return _save(fig, path)
+
+
+def plot_sample_quality(groups: dict[str, list[Run]], names: QualityNames, path: str) -> str | None:
+    """The sample-quality Fréchet distance against iteration, mean over seeds with a min–max band."""
+    if names.space is None:
+        return None
+    key = names.key("fd")
+    if not any(series(runs, key)[0].size for runs in groups.values()):
+        return None
+    colours = _colours(groups)
+    fig, axes = _figure(5.5, 3.6)
+    for group, runs in groups.items():
+        _band(axes[0], *series(runs, key), colours[group], group, marker="o", markersize=3)
+    axes[0].set(xlabel="iteration", ylabel=names.long("fd"))
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_quality_vs_variance(points: dict[str, list[Point]], trends: dict[str, Trend | None],
+                             group_order: list[str], names: QualityNames, path: str) -> str | None:
+    """Distance against gradient variance (log x), one panel per part: a dot per run and evaluation step,
+    a large marker per group and step at the mean over seeds with min–max bars in both coordinates, and
+    the least-squares trend of distance on log10 variance across runs at their last common step."""
+    if not any(points.values()):
+        return None
+    colours = _colours(group_order)
+    fig, axes = _figure(9.0, 3.8, ncols=2)
+    for ax, (part, title) in zip(axes, PARTS.items()):
+        pts = points.get(part, [])
+        for group in group_order:
+            mine = [p for p in pts if p.group == group]
+            if not mine:
+                continue
+            ax.scatter([p.variance for p in mine], [p.distance for p in mine], s=14, color=colours[group],
+                       alpha=0.6, linewidths=0)
+            for i, step in enumerate(sorted({p.step for p in mine})):
+                at = [p for p in mine if p.step == step]
+                x, y = np.array([p.variance for p in at]), np.array([p.distance for p in at])
+                ax.errorbar(x.mean(), y.mean(), xerr=[[x.mean() - x.min()], [x.max() - x.mean()]],
+                            yerr=[[y.mean() - y.min()], [y.max() - y.mean()]], color=colours[group], marker="o",
+                            markersize=5, capsize=2, linewidth=0.8, label=group if i == 0 else None)
+        trend = trends.get(part)
+        if trend is not None:
+            at = [p.variance for p in pts if p.step == trend.step]
+            xs = np.logspace(*np.log10([min(at), max(at)]), 50)
+            ax.plot(xs, trend.intercept + trend.slope * np.log10(xs), color="black", linewidth=1,
+                    label=f"fit at step {trend.step}: slope {trend.slope:.4g} per decade")
+        ax.set(xscale="log", xlabel="total gradient variance", ylabel=names.long("fd"), title=title)
+        if pts and max(p.variance for p in pts) > 10 * min(p.variance for p in pts):
+            ax.xaxis.set_minor_formatter(NullFormatter())  # over a decade, the 10^k labels suffice
+        if pts:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_loglik_variance(groups: dict[str, list[Run]], path: str) -> str | None:
+    """Per-example variance over MCMC draws of the generator's loss estimate against iteration, log y."""
+    key = "gradstats/loss_var/gen"
+    if not any(series(runs, key, True)[0].size for runs in groups.values()):
+        return None
+    colours = _colours(groups)
+    fig, axes = _figure(5.5, 3.6)
+    for group, runs in groups.items():
+        _band(axes[0], *series(runs, key, True), colours[group], group)
+    axes[0].set(yscale="log", xlabel="iteration", ylabel="variance over MCMC draws",
+                title="loss estimate: ti −log p̂(x), vanilla −log p(x|z⁺)")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_ti_schedule(integrands: dict[str, tuple[np.ndarray, np.ndarray, int]], path: str) -> str | None:
+    """Left: the ladders t_i against i/(N−1), one per ti group. Right: the TI integrand E_t against t."""
+    if not integrands:
+        return None
+    colours = _colours(integrands)
+    fig, axes = _figure(9.0, 3.6, ncols=2)
+    for group, (ts, e, _) in integrands.items():
+        u = np.linspace(0.0, 1.0, ts.size)
+        axes[0].plot(u, ts, color=colours[group], marker="o", markersize=3, label=group)
+        axes[1].plot(ts, e, color=colours[group], marker="o", markersize=3, label=group)
+    axes[0].plot([0, 1], [0, 1], color="grey", linewidth=0.5, linestyle=":")
+    axes[0].set(xlabel="$i\\,/\\,(N-1)$", ylabel="temperature $t_i$", title="ladders $t_i = (i/(N-1))^p$")
+    axes[1].set(xlabel="temperature $t$", ylabel="$E_t[\\log p(x|z)]$ (batch mean)", title="TI integrand")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_samples(grids: dict[str, tuple[str, str]], path: str) -> str | None:
+    """The final sample grids side by side; ``grids``: group -> (PNG path, subtitle)."""
+    if not grids:
+        return None
+    fig, axes = _figure(2.4 * len(grids), 2.8, ncols=len(grids))
+    for ax, (group, (png, subtitle)) in zip(axes, grids.items()):
+        with Image.open(png) as im:
+            ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
+        ax.set_title(f"{group}\n{subtitle}", fontsize=8)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------- the figures
+_DRAWN: tuple[tuple[str, str, Callable[[FigureData, str], str | None]], ...] = (
+    # (key in make_report's result, file name, how it is drawn), in the page's order
+    ("gradient_variance", "gradient_variance.png", lambda d, path: plot_gradient_variance(d.groups, path)),
+    ("sample_quality", "sample_quality.png", lambda d, path: plot_sample_quality(d.groups, d.names, path)),
+    ("quality_vs_variance", "quality_vs_variance.png",
+     lambda d, path: plot_quality_vs_variance(d.points, d.trends, list(d.groups), d.names, path)),
+    ("loglik_variance", "loglik_variance.png", lambda d, path: plot_loglik_variance(d.groups, path)),
+    ("ti_schedule", "ti_schedule.png", lambda d, path: plot_ti_schedule(d.integrands, path)),
+    ("samples", "samples.png", lambda d, path: plot_samples(d.grids, path)),
+)
+FIGURES = {key: name for key, name, _ in _DRAWN}  # key in make_report's result -> file name
+
+
+def draw_figures(data: FigureData, out_dir: str) -> dict[str, str]:
+    """Draws every figure that has data into ``out_dir``; returns {key: path} of those written. A figure
+    file left by an earlier report is removed first, so a figure without data now does not survive."""
+    for name in FIGURES.values():
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    written = {}
+    for key, name, draw in _DRAWN:
+        if (path := draw(data, os.path.join(out_dir, name))) is not None:
+            written[key] = path
+    return written
