@@ -1,26 +1,26 @@
 """lebm_jax: latent-space energy-based prior models (Pang et al. 2020) in JAX.
 
-Modules, one concept each:
-  networks         flax modules: MLP tilt f_α, conv generator g_β, quadratic tilt, linear generator
-  model            densities of the latent EBM (log π0, log p_α up to Z_α, log p_β(x|z), π_t)
-  langevin         ULA / MALA short-run chains as pure functions
-  ladder           temperature schedule t_i = (i/(N-1))^p, trapezoid and Friel correction
-  objectives       "vanilla" and "ti" losses, and their gradients for one batch
-  gradstats        total / MCMC / data variance of the learning gradient
-  linear_gaussian  the exactly solvable model and its closed-form answers
+Layers (docs/architecture.md); each imports only from those above it in this list:
+
+  core/      the math: networks, model densities, Langevin chains, TI ladder, objectives, sampling,
+             gradient statistics, the exactly solvable linear-Gaussian model, devices, backend choices
+  data/      data sets, the uint8 ↔ [−1, 1] conversion and image grids, atomic files and the cache
+  measure/   evaluators (held-out, sample quality, gradient statistics) behind one interface and one
+             factory; feature spaces, metrics, the classifier, the FID Inception-v3
+  training/  config, model/objective building, the data-parallel step, the loop, checkpoints, writers,
+             `Trained`, offline evaluation of a checkpoint
+  study/     the variance study's grid and runner, and its report (load, stats, figures, table, page)
+  bench/     the benchmark: FLOP counting, timing, the benchmarks, formatting
+
+Public import paths: `lebm_jax.api.Trained`, `lebm_jax.config` (what config files import), and the core
+names re-exported below. The math is in docs/design.md.
 """
 
-from lebm_jax.core import gradstats
-from lebm_jax.core import ladder
-from lebm_jax.core import langevin
-from lebm_jax.core import linear_gaussian
-from lebm_jax.core import model
-from lebm_jax.core import networks
-from lebm_jax.core import objectives
-from lebm_jax.core.langevin import ChainResult, langevin_chain, sample_base
+from lebm_jax.core import gradstats, ladder, langevin, linear_gaussian, model, networks, objectives
 from lebm_jax.core.ladder import power_schedule, trapezoid
+from lebm_jax.core.langevin import ChainResult, ChainSpec, langevin_chain, sample_base
 from lebm_jax.core.model import LatentEBM, image_model
-from lebm_jax.core.objectives import ChainSpec, loss_and_grads, make_objective
+from lebm_jax.core.objectives import loss_and_grads, make_objective
 
 __all__ = [
     "ChainResult", "ChainSpec", "LatentEBM", "gradstats", "image_model", "ladder", "langevin",

@@ -1,7 +1,7 @@
 """Densities of the latent EBM (lebm_jax.model) against exact answers.
 
 Base density and likelihood are compared with scipy's multivariate normal (constant included). On the
-linear-Gaussian model (f(z) = bᵀz − ½zᵀAz, g(z) = Wz + c) every density is Gaussian (DESIGN §4):
+linear-Gaussian model (f(z) = bᵀz − ½zᵀAz, g(z) = Wz + c) every density is Gaussian (docs/design.md §4):
 
     log p_α(z) + log Z_α = log N(z; m0, S0) + log Z_α,    log Z_α = ½ bᵀS0 b + ½ log det S0 − nz log σ0
     ∇_z log π_t(z|x)     = −P_t (z − μ_t)
@@ -118,7 +118,6 @@ def gaussian_score(z, q):
 def test_power_posterior_score_is_exact(lg_problem, t):
     model, params, x, z = lg_problem
     q = lg.power_posterior(params, x, t, SIGMA0, SIGMA)
-    precision = np.linalg.inv(np.asarray(q.cov, np.float64))
     exact, scale = gaussian_score(z, q)  # (50, nz)
     got = model.power_posterior_score(params, x, z, t)
     assert got.shape == z.shape

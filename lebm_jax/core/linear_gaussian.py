@@ -2,7 +2,7 @@
 
     f(z) = bᵀz − ½ zᵀAz,  A = CCᵀ,        g(z) = Wz + c
 
-Every quantity the samplers and objectives estimate has a closed form here (DESIGN §4):
+Every quantity the samplers and objectives estimate has a closed form here (docs/design.md §4):
 
     p_α   = N(m0, S0),     S0 = (I/σ0² + A)⁻¹,  m0 = S0 b
     π_t   = N(μ_t, P_t⁻¹), P_t = S0⁻¹ + (t/σ²) WᵀW,  μ_t = P_t⁻¹ (S0⁻¹ m0 + (t/σ²) Wᵀ(x − c))

@@ -4,7 +4,7 @@ Sign convention: every tilt here is a log-density tilt, p_α(z) ∝ exp(f_α(z))
 likely; the energy of Pang et al.'s code is E = -f_α.
 
 Image models (`EnergyMLP`, `ConvGenerator`) follow the official code of Pang et al. (2020). The linear-Gaussian
-pair (`QuadraticTilt`, `LinearGenerator`) has closed-form priors, posteriors and evidence (DESIGN.md §4) and is
+pair (`QuadraticTilt`, `LinearGenerator`) has closed-form priors, posteriors and evidence (docs/design.md §4) and is
 what the verification tests plug into the same samplers and objectives.
 
 All modules are used through pure `init` / `apply`; images are NHWC in [-1, 1].

@@ -1,6 +1,6 @@
 """An offline feature space for labelled data: a small CNN classifier trained on the data set's own labels.
 
-DESIGN.md §6: FID needs the Inception-v3 weights; a labelled data set (digits, MNIST, Fashion-MNIST, SVHN,
+docs/design.md §6: FID needs the Inception-v3 weights; a labelled data set (digits, MNIST, Fashion-MNIST, SVHN,
 CIFAR-10, a labelled npz) also gets a feature space that needs nothing from outside. φ(x) is the classifier's
 penultimate layer (ReLU of Dense(128), post-activation); the Fréchet distance between Gaussian fits of φ on
 real and generated images is reported under its own name (never as "FID": the numbers are not comparable
@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -51,7 +50,7 @@ import numpy as np
 import optax
 
 from lebm_jax.data.datasets import ImageData, to_float
-from lebm_jax.data.files import cache_dir
+from lebm_jax.data.files import cache_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -296,19 +295,6 @@ def data_digest(data: ImageData) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(params_path: Path, info_path: Path, expected: dict, template) -> tuple[dict, ClassifierInfo]:
     """(params, info) of a cache entry; raises ValueError/OSError when it is unreadable or does not match."""
     saved = json.loads(info_path.read_text())
@@ -395,8 +381,8 @@ def load_or_train(
         data_sha256=digest, params_sha256=hashlib.sha256(payload).hexdigest(), train_seconds=seconds,
         format_version=FORMAT_VERSION, path=str(params_path), from_cache=False,
     )
-    _atomic_write(params_path, payload)
-    _atomic_write(info_path, (json.dumps(info.to_json(), indent=1, sort_keys=True) + "\n").encode())
+    write_atomic(params_path, payload)
+    write_atomic(info_path, (json.dumps(info.to_json(), indent=1, sort_keys=True) + "\n").encode())
     logger.info(
         "trained classifier for %s %s in %.1f s (%d epochs): test accuracy %.4f; saved to %s",
         data.name, image_shape, seconds, epochs, test_accuracy, params_path,

@@ -1,4 +1,4 @@
-"""Sample-quality metrics on feature vectors (DESIGN §6), in float64 NumPy.
+"""Sample-quality metrics on feature vectors (docs/design.md §6), in float64 NumPy.
 
 Features are rows f ∈ R^d of a (n, d) array from some feature space (Inception pool3, a digit classifier).
 
@@ -23,16 +23,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from lebm_jax.data.files import cache_dir
+from lebm_jax.data.files import cache_dir, write_atomic
 
 INCEPTION = "inception"  # the one feature space whose Fréchet distance is called FID
 MAX_REFERENCE_FEATURES = 10_000  # rows of reference features kept for KID and precision/recall
@@ -310,19 +308,8 @@ class ReferenceStatistics:
 
     def save(self, path) -> None:
         """Writes an .npz atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mu=self.mu, sigma=self.sigma, features=self.features,
-                         num_examples=np.int64(self.num_examples), key=np.str_(self.key))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, lambda f: np.savez(f, mu=self.mu, sigma=self.sigma, features=self.features,
+                                              num_examples=np.int64(self.num_examples), key=np.str_(self.key)))
 
     @classmethod
     def load(cls, path) -> ReferenceStatistics:

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 from absl import logging as absl_logging
 from clu import metric_writers
 
+from lebm_jax.data.files import write_atomic
+
 
 class JsonlWriter(metric_writers.MetricWriter):
     """Appends one line {"step": n, name: value, ...} per `write_scalars` call to ``path``."""
@@ -21,10 +23,7 @@ class JsonlWriter(metric_writers.MetricWriter):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if keep_until is not None and os.path.exists(path):
             rows = [r for r in read_jsonl(path) if r["step"] <= keep_until]
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(tmp, path)
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
         self._file = open(path, "a", buffering=1)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]):
