@@ -1,4 +1,4 @@
-r"""SVHN (cropped digits, 32×32×3) with the settings of Pang et al.'s official code (DESIGN §8).
+r"""SVHN (cropped digits, 32×32×3) with the settings of Pang et al.'s official code (docs/design.md §8).
 
     python -m experiments.train --config configs/svhn.py --workdir runs/svhn
     python -m experiments.train --config configs/svhn.py --workdir runs/svhn_ti --config.variant=ti

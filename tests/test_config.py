@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from lebm_jax.study import grid as study_grid
 from lebm_jax.training import config as config_lib
 
 from config_files import REPO, load_config
@@ -47,3 +48,11 @@ def test_from_saved_fills_fields_added_since():
     assert config.eval.every == config_lib.base_config().eval.every
     assert config.model.generator_widths == saved["model"]["generator_widths"]
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("study_*.py")))
+def test_shipped_study_configs_load_and_every_run_is_valid(name):
+    """Each study config loads through the public import paths and validates all of its runs."""
+    grid = study_grid.validate(load_config(name))
+    variants = {spec.variant for spec in grid}
+    assert variants == {"vanilla", "ti"} and len(grid) >= 8, [spec.name for spec in grid]

@@ -128,3 +128,16 @@ def test_function_local_imports_are_only_heavy_optional_ones_with_a_reason(modul
         elif not allowed or "# local:" not in source:
             bad.append(f"line {line}: {source.strip()!r} (only {sorted(LOCAL_ALLOWED)}, with '# local: <reason>')")
     assert not bad, "\n".join(bad)
+
+
+def test_module_maps_name_every_module():
+    """Each package's docstring is its map: it names every module in it (the root names every layer)."""
+    missing = []
+    for package, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        children = {p.stem for p in path.parent.glob("*.py") if p.stem != "__init__"}
+        children |= {p.name for p in path.parent.iterdir() if (p / "__init__.py").is_file()}
+        missing += [f"{package}: {c}" for c in sorted(children) if c not in doc]
+    assert not missing, "modules missing from their package's map:\n" + "\n".join(missing)

@@ -1,4 +1,4 @@
-"""Both objectives against the closed-form answers of the linear-Gaussian model (DESIGN §4).
+"""Both objectives against the closed-form answers of the linear-Gaussian model (docs/design.md §4).
 
 The quadratic tilt and linear generator go through the same `Vanilla` / `ThermodynamicIntegration`
 code, chains and `loss_and_grads` as the image model. Each estimate is averaged over R independent
