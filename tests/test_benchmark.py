@@ -4,7 +4,6 @@ chain lengths and the ladder, and the CLI end to end. No timing is asserted.
 The CLI runs here time 2 steps (--allow_few_steps, a smoke-test switch); real runs time at least 10.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,45 +17,32 @@ from jax import lax
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
-from lebm_jax.bench import benchmark
+from lebm_jax import bench
+
+from tiny import MODEL, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "model.latent_dim": 4,
-    "model.ngf": 4,
-    "model.generator_widths": (8, 4),
-    "model.ebm_hidden": 8,
-    "prior_chain.num_steps": 3,
-    "posterior_chain.num_steps": 3,
-    "ti.num_temps": 3,
-    "batch_size": 8,
-    "num_samples": 4,
-}
+# the tiny model (tests/tiny.py) with explicit generator widths; configs/digits.py's run settings
+TINY = {**MODEL, "model.generator_widths": (8, 4)}
 
 
 def tiny_digits(**overrides):
-    spec = importlib.util.spec_from_file_location("_config_digits", REPO / "configs" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.lock()
-    config.update_from_flattened_dict({**TINY, **overrides})
-    return config
+    return tiny_config("digits", base=TINY, **overrides)
 
 
 def xla(fn, *args) -> float:
-    return benchmark.xla_flops(jax.jit(fn).lower(*args).compile())
+    return bench.xla_flops(jax.jit(fn).lower(*args).compile())
 
 
 # --- the counter on programs whose FLOPs are known ---------------------------------------------------
 def test_dot_general_exact():
     a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
-    count = benchmark.count_flops(jnp.matmul, a, b)
+    count = bench.count_flops(jnp.matmul, a, b)
     assert count.dot == count.total == 2 * 8 * 4 * 16
     assert xla(jnp.matmul, a, b) == count.dot
-    batched = benchmark.count_flops(lambda x, y: jnp.einsum("bij,bjk->bik", x, y), jnp.ones((3, 8, 16)),
-                                    jnp.ones((3, 16, 4)))
+    batched = bench.count_flops(lambda x, y: jnp.einsum("bij,bjk->bik", x, y), jnp.ones((3, 8, 16)),
+                                jnp.ones((3, 16, 4)))
     assert batched.dot == 3 * 2 * 8 * 4 * 16
 
 
@@ -85,7 +71,7 @@ CONV_CASES = {
 def test_conv_exact(case):
     fn, x_shape, w_shape, exact, dense = CONV_CASES[case]
     x, w = jnp.ones(x_shape), jnp.ones(w_shape)
-    count = benchmark.count_flops(fn, x, w)
+    count = bench.count_flops(fn, x, w)
     assert count.conv == count.total == exact
     assert count.conv_dense == dense
     assert xla(fn, x, w) == exact  # XLA counts the taps on real input the same way
@@ -98,41 +84,41 @@ def test_scan_multiplies_by_length_and_nests():
     def chain(c, length):
         return lax.scan(lambda c, _: (c @ w, None), c, None, length=length)[0]
 
-    assert benchmark.count_flops(lambda c: chain(c, 5), c0).total == 5 * body
+    assert bench.count_flops(lambda c: chain(c, 5), c0).total == 5 * body
     nested = lambda c: lax.scan(lambda c, _: (chain(c, 4), None), c, None, length=3)[0]  # noqa: E731
-    assert benchmark.count_flops(nested, c0).total == 12 * body
+    assert bench.count_flops(nested, c0).total == 12 * body
     # unrolling changes the program XLA gets, not the count
     unrolled = lambda c: lax.scan(lambda c, _: (c @ w, None), c, None, length=6, unroll=True)[0]  # noqa: E731
-    assert benchmark.count_flops(unrolled, c0).total == 6 * body
+    assert bench.count_flops(unrolled, c0).total == 6 * body
 
 
 def test_grad_of_matmul_is_three_forward_matmuls():
     a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
     forward = 2 * 8 * 4 * 16
     both = (0, 1)
-    count = benchmark.count_flops(jax.value_and_grad(lambda a, b: jnp.sum(a @ b), argnums=both), a, b)
+    count = bench.count_flops(jax.value_and_grad(lambda a, b: jnp.sum(a @ b), argnums=both), a, b)
     assert count.dot == 3 * forward  # a @ b, g @ bᵀ, aᵀ @ g
-    count = benchmark.count_flops(jax.grad(lambda a, b: jnp.sum(jnp.tanh(a @ b)), argnums=both), a, b)
+    count = bench.count_flops(jax.grad(lambda a, b: jnp.sum(jnp.tanh(a @ b)), argnums=both), a, b)
     assert count.dot == 3 * forward
     # the gradient of a linear function does not need its value: the forward product is dead code
-    assert benchmark.count_flops(jax.grad(lambda a, b: jnp.sum(a @ b), argnums=both), a, b).dot == 2 * forward
+    assert bench.count_flops(jax.grad(lambda a, b: jnp.sum(a @ b), argnums=both), a, b).dot == 2 * forward
 
 
 def test_elementwise_and_integer_work():
     x = jnp.ones((10, 10))
-    count = benchmark.count_flops(lambda x: jnp.tanh(x) + 1.0, x)
+    count = bench.count_flops(lambda x: jnp.tanh(x) + 1.0, x)
     assert count.elementwise == count.total == 200
-    assert benchmark.count_flops(lambda i: i * 3 + 1, jnp.ones((10, 10), jnp.int32)).total == 0
-    assert benchmark.count_flops(lambda x: jnp.sum(x), x).total == 100
+    assert bench.count_flops(lambda i: i * 3 + 1, jnp.ones((10, 10), jnp.int32)).total == 0
+    assert bench.count_flops(lambda x: jnp.sum(x), x).total == 100
 
 
 def test_while_counted_once_and_reported_cond_takes_costliest_branch():
     w, c0 = jnp.ones((4, 4)), jnp.ones((4, 4))
-    count = benchmark.count_flops(lambda c: lax.while_loop(lambda c: c[0, 0] < 0, lambda c: c @ w, c), c0)
+    count = bench.count_flops(lambda c: lax.while_loop(lambda c: c[0, 0] < 0, lambda c: c @ w, c), c0)
     assert count.dot == 2 * 4**3 and count.while_loops == 1
-    assert benchmark.count_flops(lambda c: chain_free(c, w), c0).while_loops == 0
+    assert bench.count_flops(lambda c: chain_free(c, w), c0).while_loops == 0
     branches = lambda p, c: lax.cond(p, lambda c: (c @ w) @ w, lambda c: c @ w, c)  # noqa: E731
-    assert benchmark.count_flops(branches, True, c0).dot == 2 * 2 * 4**3
+    assert bench.count_flops(branches, True, c0).dot == 2 * 2 * 4**3
 
 
 def chain_free(c, w):
@@ -146,16 +132,16 @@ def test_dead_code_not_counted():
         unused = a.T @ a  # noqa: F841  (traced, never used)
         return a @ b
 
-    count = benchmark.count_flops(fn, a, b)
+    count = bench.count_flops(fn, a, b)
     assert count.dead_code_eliminated
     assert count.dot == 2 * 8 * 4 * 16
-    assert benchmark.count_flops(fn, a, b, dce=False).dot == 2 * 8 * 4 * 16 + 2 * 16 * 16 * 8
+    assert bench.count_flops(fn, a, b, dce=False).dot == 2 * 8 * 4 * 16 + 2 * 16 * 16 * 8
 
 
 def test_shard_map_counts_every_device():
     mesh = AbstractMesh((4,), ("d",))
     fn = jax.shard_map(lambda a, b: a @ b, mesh=mesh, in_specs=(P("d"), P()), out_specs=P("d"))
-    assert benchmark.count_flops(fn, jnp.ones((8, 16)), jnp.ones((16, 4))).dot == 2 * 8 * 4 * 16  # 4 × (2, 16)@(16, 4)
+    assert bench.count_flops(fn, jnp.ones((8, 16)), jnp.ones((16, 4))).dot == 2 * 8 * 4 * 16  # 4 × (2, 16)@(16, 4)
 
 
 def test_time_fn_threads_a_carried_state():
@@ -165,7 +151,7 @@ def test_time_fn_threads_a_carried_state():
         calls.append(int(state))
         return state + x, state * 2
 
-    timing = benchmark.time_fn(step, jnp.asarray(0), jnp.asarray(1), repeats=3, warmup=2, carry=True)
+    timing = bench.time_fn(step, jnp.asarray(0), jnp.asarray(1), repeats=3, warmup=2, carry=True)
     assert calls == [0, 1, 2, 3, 4] and len(timing.seconds) == 3
     summary = timing.summary(per=2)
     assert summary["min_ms"] <= summary["median_ms"] <= summary["max_ms"]
@@ -173,7 +159,7 @@ def test_time_fn_threads_a_carried_state():
 
 # --- FLOPs of the training step against the chains and the ladder -----------------------------------
 def test_step_flops_grow_linearly_with_posterior_steps():
-    f = {k: benchmark.step_flops(tiny_digits(**{"posterior_chain.num_steps": k})) for k in (2, 4, 8)}
+    f = {k: bench.step_flops(tiny_digits(**{"posterior_chain.num_steps": k})) for k in (2, 4, 8)}
     # K steps evaluate the posterior score K + 1 times (z_0 and after each step): generator forward and
     # input gradient, and the EBM's, are the same program each time
     for k in (2, 4):
@@ -190,8 +176,8 @@ def test_step_flops_grow_linearly_with_posterior_steps():
 
 
 def test_step_flops_grow_linearly_with_rungs():
-    vanilla = benchmark.step_flops(tiny_digits())
-    ti = {t: benchmark.step_flops(tiny_digits(**{"variant": "ti", "ti.num_temps": t})) for t in (2, 3, 5)}
+    vanilla = bench.step_flops(tiny_digits())
+    ti = {t: bench.step_flops(tiny_digits(**{"variant": "ti", "ti.num_temps": t})) for t in (2, 3, 5)}
     for t, f in ti.items():
         # one chain per rung; the t_0 = 0 rung's chains target the prior and skip the generator: T − 1 times
         # the vanilla posterior's products, plus one prior chain's (the tiny config's chains have equal lengths)
@@ -205,7 +191,7 @@ def test_step_flops_grow_linearly_with_rungs():
 
 
 def test_prior_flops_grow_linearly_with_prior_steps():
-    f = {k: benchmark.step_flops(tiny_digits(**{"prior_chain.num_steps": k}))["prior"].matmul for k in (3, 7)}
+    f = {k: bench.step_flops(tiny_digits(**{"prior_chain.num_steps": k}))["prior"].matmul for k in (3, 7)}
     assert f[7] / f[3] == pytest.approx(8 / 4, rel=1e-12)
 
 

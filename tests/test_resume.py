@@ -39,32 +39,22 @@ import pytest
 
 from lebm_jax.training.checkpoint import Checkpointer
 
+import tiny
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180  # per subprocess: generous for a busy 2-core machine; a hang fails instead of blocking
 NUM_STEPS = 48  # length of the reference run (and of the run that is killed)
 TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a checkpoint directory still being written
 
-# Tiny settings: 48 training images and batches of 8 make 6 steps an epoch, so the runs cross
-# epoch boundaries (new permutation, learning-rate decay) several times.
+# Tiny settings (tests/tiny.py; every run sets num_steps): 48 training images and batches of 8 make
+# 6 steps an epoch, so the runs cross epoch boundaries (new permutation, learning-rate decay) several times.
 TINY = {
+    **tiny.TINY,
     "data.name": "npz",
     "data.test_fraction": 0.25,
-    "model.latent_dim": 4,
-    "model.ngf": 4,
-    "model.generator_widths": (),  # widths from ngf
-    "model.ebm_hidden": 8,
-    "prior_chain.num_steps": 3,
-    "posterior_chain.num_steps": 3,
-    "batch_size": 8,
-    "num_heldout": 16,
-    "num_samples": 4,
-    "log_every": 1,
-    "checkpoint_every": 1,
+    "ti.num_temps": 10,  # configs/digits.py's ladder (these vanilla runs never build it)
     "sample_every": 1000,
     "max_to_keep": 100,
-    "eval.every": 0,
-    "gradstats.every": 0,
-    "eval.heldout_log_px": False,
 }
 
 

@@ -9,10 +9,12 @@ import sys
 
 import pytest
 
+from lebm_jax.study import grid as grid_lib
 from lebm_jax.study import runner as study_lib
 from lebm_jax.training import loop as train
 
 from config_files import REPO, load_config
+from tiny import MODEL
 
 STEPS = 2
 
@@ -20,9 +22,9 @@ STEPS = 2
 def tiny_study():
     c = load_config("study_digits")
     c.train.update_from_flattened_dict({
-        "model.latent_dim": 4, "model.ngf": 4, "model.generator_widths": (), "model.ebm_hidden": 8,
-        "prior_chain.num_steps": 3, "posterior_chain.num_steps": 3, "batch_size": 16, "num_heldout": 32,
-        "num_samples": 4, "num_steps": STEPS, "log_every": 1, "checkpoint_every": 1, "sample_every": STEPS,
+        **MODEL, "ti.num_temps": 10,  # the vanilla runs' held-out log p(x) keeps the study's 10 rungs
+        "batch_size": 16, "num_heldout": 32, "num_steps": STEPS, "log_every": 1, "checkpoint_every": 1,
+        "sample_every": STEPS,
         "eval.every": STEPS, "eval.num_samples": 100, "eval.batch_size": 100, "eval.kid_subsets": 3,
         "eval.kid_subset_size": 50, "gradstats.every": 1, "gradstats.num_draws": 3,
     })
@@ -47,12 +49,12 @@ def finished_study(tmp_path_factory):
 def test_grid_names_groups_and_overrides():
     c = load_config("study_digits")
     c.update_from_flattened_dict({"batch_sizes": (25, 50), "seeds": (0, 3)})
-    grid = study_lib.study_grid(c)
+    grid = grid_lib.study_grid(c)
     names = [s.name for s in grid]
     assert names == ["vanilla_b50_s0", "vanilla_b50_s3", "vanilla_b25_s0", "vanilla_b25_s3",
                      "ti_p0.3_b50_s0", "ti_p0.3_b50_s3", "ti_p1_b50_s0", "ti_p1_b50_s3", "ti_p3_b50_s0", "ti_p3_b50_s3"]
     assert [s.group for s in grid[::2]] == ["vanilla", "vanilla B=25", "ti p=0.3", "ti p=1", "ti p=3"]
-    config = study_lib.run_config(c, grid[6])
+    config = grid_lib.run_config(c, grid[6])
     assert (config.variant, config.ti.power, config.ti.num_temps, config.seed, config.batch_size) == ("ti", 1.0, 10, 0, 50)
     # everything else is the study's training config
     assert config.model.to_dict() == c.train.model.to_dict() and config.num_steps == c.train.num_steps

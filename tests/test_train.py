@@ -1,7 +1,7 @@
 """The training loop end to end: one real step for every config, 1 vs 4 devices, the non-finite guard,
 fail-fast inputs through the CLI, learning on digits, and one compilation per train function.
 
-Models are shrunk with config overrides (TINY) so that a run costs mostly its compilations; each
+Models are shrunk with config overrides (tests/tiny.py) so that a run costs mostly its compilations; each
 config keeps its own image size and channels.
 """
 
@@ -21,54 +21,30 @@ from jax.experimental.compilation_cache import compilation_cache
 from PIL import Image
 
 from lebm_jax.data import datasets as data
-from lebm_jax.training import loop as train
+from lebm_jax.core import devices
+from lebm_jax.training import build, loop
+from lebm_jax.training import step as step_lib
 from lebm_jax.training.checkpoint import Checkpointer, abstract_like
 from lebm_jax.training.writers import read_jsonl
 
 from config_files import load_config
+from tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES_SCRIPT = Path(__file__).resolve().parent / "train_devices_script.py"
-
-TINY = {
-    "model.latent_dim": 4,
-    "model.ngf": 4,
-    "model.generator_widths": (),  # widths from ngf
-    "model.ebm_hidden": 8,
-    "prior_chain.num_steps": 3,
-    "posterior_chain.num_steps": 3,
-    "ti.num_temps": 3,
-    "batch_size": 8,
-    "num_heldout": 16,
-    "num_samples": 4,
-    "num_steps": 1,
-    "log_every": 1,
-    "checkpoint_every": 1,
-    "sample_every": 1,
-    "eval.every": 0,
-    "gradstats.every": 0,
-    "eval.heldout_log_px": False,
-}
-
-
-def shrunk(name: str, **overrides):
-    config = load_config(name)
-    config.update_from_flattened_dict({**TINY, **overrides})
-    return config
-
 
 def digits_data() -> data.ImageData:
     return data.load(load_config("digits").data)
 
 
 def tree_arrays(tree) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(train.host_value(tree))]
+    return [np.asarray(x) for x in jax.tree.leaves(devices.host_value(tree))]
 
 
 def restore(workdir, step: int, like, config):
     ckpt = Checkpointer(str(workdir), config.max_to_keep)
     try:
-        return ckpt.all_steps(), train.host_value(ckpt.restore(step, abstract_like(like), config))
+        return ckpt.all_steps(), devices.host_value(ckpt.restore(step, abstract_like(like), config))
     finally:
         ckpt.close()
 
@@ -121,16 +97,16 @@ CONFIG_CASES = [
 @pytest.mark.parametrize("name,variant,size,channels,grid_side", CONFIG_CASES)
 def test_one_training_step_for_every_config(name, variant, size, channels, grid_side, tmp_path):
     """digits is read for real; the tfds data sets come from `tfds.testing.mock_data` (16 random images)."""
-    config = shrunk(name, variant=variant)
+    config = tiny_config(name, variant=variant)
     assert (config.data.image_size, config.data.channels) == (size, channels)  # the file's own shape is kept
     workdir = tmp_path / "run"
     if name == "digits":
-        result = train.train_and_evaluate(config, str(workdir))
+        result = loop.train_and_evaluate(config, str(workdir))
     else:
         with tfds.testing.mock_data(num_examples=16):
-            result = train.train_and_evaluate(config, str(workdir))
+            result = loop.train_and_evaluate(config, str(workdir))
 
-    state = train.host_value(result.state)
+    state = devices.host_value(result.state)
     assert int(state.step) == 1 and int(state.nonfinite_step) == 0
 
     # the checkpoint of step 1 holds the returned state
@@ -180,9 +156,9 @@ def test_bfloat16_generator_step_keeps_float32_parameters_and_close_losses(tmp_p
     state stay float32."""
     results = {}
     for dtype in ("float32", "bfloat16"):
-        config = shrunk("digits", variant="ti", **{"model.generator_dtype": dtype})
-        result = train.train_and_evaluate(config, str(tmp_path / dtype))
-        state = train.host_value(result.state)
+        config = tiny_config("digits", variant="ti", **{"model.generator_dtype": dtype})
+        result = loop.train_and_evaluate(config, str(tmp_path / dtype))
+        state = devices.host_value(result.state)
         assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
         assert {leaf.dtype for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim} == {np.dtype(np.float32)}
         results[dtype] = next(r for r in result.history if "loss_gen" in r)
@@ -207,7 +183,7 @@ def start_devices_script(out_dir: Path, devices: int, runs: list[str], log: Path
         env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    overrides = json.dumps({**TINY, "num_steps": 3, "log_every": 3, "checkpoint_every": 3, "sample_every": 3})
+    overrides = json.dumps({"num_steps": 3, "log_every": 3, "checkpoint_every": 3, "sample_every": 3})  # on tiny_config
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, str(DEVICES_SCRIPT), str(out_dir), overrides, *runs], cwd=REPO,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -276,7 +252,7 @@ def test_non_finite_step_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     checkpoint, and writes nothing more. The kept checkpoint equals a clean run stopped at step 4."""
     dataset = digits_data()
     settings = dict(num_steps=8, checkpoint_every=2, log_every=4, sample_every=8, max_to_keep=5)
-    clean = train.train_and_evaluate(shrunk("digits", **{**settings, "num_steps": 4}), str(tmp_path / "clean"),
+    clean = loop.train_and_evaluate(tiny_config("digits", **{**settings, "num_steps": 4}), str(tmp_path / "clean"),
                                      dataset=dataset)
 
     bad_step, host_batch = 4, data.host_batch
@@ -286,9 +262,9 @@ def test_non_finite_step_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
         return np.full_like(x, np.nan) if step == bad_step else x
 
     monkeypatch.setattr(data, "host_batch", poisoned)
-    config, workdir = shrunk("digits", **settings), tmp_path / "bad"
-    with pytest.raises(train.NonFiniteError) as err:
-        train.train_and_evaluate(config, str(workdir), dataset=dataset)
+    config, workdir = tiny_config("digits", **settings), tmp_path / "bad"
+    with pytest.raises(loop.NonFiniteError) as err:
+        loop.train_and_evaluate(config, str(workdir), dataset=dataset)
     message = str(err.value)
     assert "at step 4;" in message and "(step 4)" in message and str(workdir / "checkpoints") in message
 
@@ -370,7 +346,7 @@ def test_short_digits_run_learns(variant, tmp_path):
         "log_every": LEARNING_LOG_EVERY, "checkpoint_every": steps, "sample_every": steps,
         "eval.every": 0, "gradstats.every": 0, "eval.heldout_log_px": False,
     })
-    result = train.train_and_evaluate(config, str(tmp_path))
+    result = loop.train_and_evaluate(config, str(tmp_path))
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     heldout = {r["step"]: r for r in rows if "heldout/recon_mse" in r}
     assert sorted(heldout) == [0, steps]
@@ -381,10 +357,10 @@ def test_short_digits_run_learns(variant, tmp_path):
     assert ll_rise >= rise, (first, last)
 
     # the EBM trains: away from its initial parameters, with a non-zero contrastive loss
-    model = train.build_model(config)
+    model = build.build_model(config)
     k_init = jax.random.split(jax.random.key(config.seed), 4)[0]  # as train_and_evaluate draws it
     init = jax.jit(model.init)(k_init)
-    final = train.host_value(result.state.params)
+    final = devices.host_value(result.state.params)
     moved = max(np.abs(a - b).max() for a, b in zip(tree_arrays(final["ebm"]), tree_arrays(init["ebm"]), strict=True))
     # Adam moves a weight by about lr per step: measured 0.0066 (vanilla), 0.0057 (ti) = ~steps · lr_ebm.
     # The upper bound also shows `init` is the run's real initialisation (another draw differs by ~0.1).
@@ -402,27 +378,27 @@ def test_train_function_is_traced_and_compiled_once(monkeypatch):
     """Four calls of the jitted train function (new data every call): the per-device step is traced
     once and the function holds one compiled executable."""
     traces = []
-    train_step = train.train_step
+    train_step = step_lib.train_step
 
     def counted_step(*args, **kwargs):
         traces.append(1)
         return train_step(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_step", counted_step)  # make_train_fn looks the step up when called
-    config = shrunk("digits")
+    monkeypatch.setattr(step_lib, "train_step", counted_step)  # make_train_fn looks the step up when called
+    config = tiny_config("digits")
     images = digits_data().train
-    model = train.build_model(config)
-    optimizers = train.make_optimizers(config, data.steps_per_epoch(len(images), config.batch_size))
-    mesh = train.data_mesh()
+    model = build.build_model(config)
+    optimizers = build.make_optimizers(config, data.steps_per_epoch(len(images), config.batch_size))
+    mesh = devices.data_mesh()
     k_init, seed_key = jax.random.split(jax.random.key(0))
-    state = jax.device_put(train.create_train_state(model, optimizers, k_init),
+    state = jax.device_put(step_lib.create_train_state(model, optimizers, k_init),
                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    train_fn = train.make_train_fn(train.build_objective(config, model), optimizers, mesh)
+    train_fn = step_lib.make_train_fn(build.build_objective(config, model), optimizers, mesh)
     losses = []
     for call in range(4):
-        state, metrics = train_fn(state, train.global_batches(images, config, call, 1, mesh), seed_key)
-        losses.append(float(train.host_value(metrics["loss_gen"])))
-    assert int(train.host_value(state.step)) == 4
+        state, metrics = train_fn(state, step_lib.global_batches(images, config, call, 1, mesh), seed_key)
+        losses.append(float(devices.host_value(metrics["loss_gen"])))
+    assert int(devices.host_value(state.step)) == 4
     assert len(traces) == 1
     assert train_fn._cache_size() == 1
     assert len(set(losses)) == 4 and all(math.isfinite(v) for v in losses)  # the calls did real, different work

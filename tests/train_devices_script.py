@@ -4,9 +4,10 @@ Entry point for tests/test_train.py, which starts it in a fresh process so that 
 be chosen before JAX starts:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/train_devices_script.py \
-        OUT '{"model.ngf": 4, ...}' vanilla:1 ti:3
+        OUT '{"num_steps": 3, ...}' vanilla:1 ti:3
 
-The second argument is a JSON object of config overrides (dotted keys) applied to configs/digits.py.
+The second argument is a JSON object of config overrides (dotted keys) applied to the tiny digits config
+(tests/tiny.py).
 Each RUN is ``variant:steps_per_dispatch``: ``config.num_steps`` steps on the digits training images,
 driven with the library's pieces exactly as the training loop drives them (state, mesh, global
 batches, jitted multi-step train function). It writes ``OUT/{variant}_k{k}_d{devices}.npz``: one
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,38 +28,38 @@ from jax.sharding import PartitionSpec as P
 
 from lebm_jax.training import config as config_lib
 from lebm_jax.data import datasets as data_lib
-from lebm_jax.training import loop as train
+from lebm_jax.core import devices
+from lebm_jax.training import build
+from lebm_jax.training import step as step_lib
 
-REPO = Path(__file__).resolve().parents[1]
+from tiny import tiny_config
 
 
 def digits_config(overrides: dict, variant: str, steps_per_dispatch: int):
-    config = config_lib.from_file(REPO / "configs" / "digits.py")
-    config.lock()
-    config.update_from_flattened_dict({**overrides, "variant": variant, "steps_per_dispatch": steps_per_dispatch})
+    config = tiny_config("digits", **{**overrides, "variant": variant, "steps_per_dispatch": steps_per_dispatch})
     return config_lib.validate(config)
 
 
-def run(config, images: np.ndarray) -> tuple[train.TrainState, dict[str, float]]:
-    """config.num_steps steps, config.steps_per_dispatch per call, as train.train_and_evaluate drives them.
+def run(config, images: np.ndarray) -> tuple[step_lib.TrainState, dict[str, float]]:
+    """config.num_steps steps, config.steps_per_dispatch per call, as loop.train_and_evaluate drives them.
 
     Returns the final state and every logged metric averaged over all the steps.
     """
-    model = train.build_model(config)
-    objective = train.build_objective(config, model)
-    optimizers = train.make_optimizers(config, data_lib.steps_per_epoch(len(images), config.batch_size))
-    mesh = train.data_mesh()
+    model = build.build_model(config)
+    objective = build.build_objective(config, model)
+    optimizers = build.make_optimizers(config, data_lib.steps_per_epoch(len(images), config.batch_size))
+    mesh = devices.data_mesh()
     k_init, seed_key, _, _ = jax.random.split(jax.random.key(config.seed), 4)
-    state = jax.device_put(train.create_train_state(model, optimizers, k_init), NamedSharding(mesh, P()))
-    train_fn = train.make_train_fn(objective, optimizers, mesh)
+    state = jax.device_put(step_lib.create_train_state(model, optimizers, k_init), NamedSharding(mesh, P()))
+    train_fn = step_lib.make_train_fn(objective, optimizers, mesh)
     step, totals = 0, {}
     while step < config.num_steps:
         n = min(config.steps_per_dispatch, config.num_steps - step)
-        state, metrics = train_fn(state, train.global_batches(images, config, step, n, mesh), seed_key)
-        for name, value in train.host_value(metrics).items():  # each the mean over this call's n steps
+        state, metrics = train_fn(state, step_lib.global_batches(images, config, step, n, mesh), seed_key)
+        for name, value in devices.host_value(metrics).items():  # each the mean over this call's n steps
             totals[name] = totals.get(name, 0.0) + n * float(value)
         step += n
-    return train.host_value(state), {name: total / step for name, total in totals.items()}
+    return devices.host_value(state), {name: total / step for name, total in totals.items()}
 
 
 def flat_params(params) -> dict[str, np.ndarray]:
