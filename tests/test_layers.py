@@ -3,6 +3,7 @@ that flow one way through the layers core → data → measure → training → 
 function-local import of the package's own modules (a hidden cycle's usual disguise)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,18 @@ def test_module_maps_name_every_module():
         children |= {p.name for p in path.parent.iterdir() if (p / "__init__.py").is_file()}
         missing += [f"{package}: {c}" for c in sorted(children) if c not in doc]
     assert not missing, "modules missing from their package's map:\n" + "\n".join(missing)
+
+
+def test_design_references_point_to_sections_of_the_design_document():
+    """Every "design.md §N" cited in code, configs, tests and docs is a section of docs/design.md."""
+    repo = PACKAGE.parent
+    design = (repo / "docs" / "design.md").read_text()
+    sections = set(re.findall(r"^## §(\d+)", design, flags=re.M))
+    cited = {}
+    for path in [*repo.glob("lebm_jax/**/*.py"), *repo.glob("configs/*.py"), *repo.glob("experiments/*.py"),
+                 *repo.glob("tests/*.py"), *repo.glob("docs/*.md"), repo / "README.md"]:
+        for number in re.findall(r"design\.md §(\d+)", path.read_text()):
+            cited.setdefault(number, set()).add(str(path.relative_to(repo)))
+    assert len(cited) >= 5 and {"3", "4", "5", "6", "8"} <= set(cited), cited
+    assert set(cited) <= sections, {n: files for n, files in cited.items() if n not in sections}
+    assert "DESIGN" not in "".join(p.read_text() for p in repo.glob("lebm_jax/**/*.py"))

@@ -22,6 +22,7 @@ from lebm_jax.core import sampling
 from lebm_jax.core.devices import data_mesh, host_value
 from lebm_jax.data import datasets as data_lib
 from lebm_jax.data import images
+from lebm_jax.data.files import write_atomic
 from lebm_jax.measure.base import Context, is_due, seconds_metric
 from lebm_jax.measure.registry import build_evaluators
 from lebm_jax.training import build
@@ -132,8 +133,7 @@ def train_and_evaluate(
     measurements = [ev for ev in evaluators if ev.name != "heldout"]
 
     if lead:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2).encode())
     if step == 0:
         if lead:
             logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
