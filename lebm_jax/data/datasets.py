@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -194,20 +196,55 @@ def _gather(ds, size: int, channels: int, crop: int | None, label_key: str | Non
     return images, labels
 
 
+def _npz_arrays(path: Path, want: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``images`` and ``labels`` (or None) arrays of an .npz; one ValueError naming the path when the file
+    is not a complete .npz archive (truncated, another format, a damaged or non-array member)."""
+    contents = ("an .npz archive (np.savez / np.savez_compressed) holding 'images' (N, H, W[, C]) uint8 and "
+                f"optionally 'labels' (N,) integers; here {want}")
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(6)
+    except OSError as e:
+        raise ValueError(f"data.path={str(path)!r}: cannot read the file ({e})") from e
+    if not head.startswith(b"PK"):  # every zip archive, so every .npz, starts with "PK"
+        kind = "empty" if not head else "a .npy file (one array)" if head == b"\x93NUMPY" else "not a zip archive"
+        raise ValueError(f"{path}: not a valid .npz file ({kind}); expected {contents}")
+    names = []
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = sorted(f.files)
+            images = f["images"] if "images" in names else None
+            labels = f["labels"] if "labels" in names else None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        reason = str(e).split("\n")[0]
+        if "pickle" in reason.lower():  # an object array: reading it would mean unpickling, which is never done
+            raise ValueError(
+                f"{path}: not a valid .npz data file (an array holds Python objects, not numbers); expected {contents}"
+            ) from None
+        raise ValueError(
+            f"{path}: not a valid, complete .npz file (truncated or damaged: {type(e).__name__}: {reason}); "
+            f"expected {contents}"
+        ) from e
+    if images is None:
+        raise ValueError(f"{path}: no array named 'images' (found {names}); expected {contents}")
+    for name, array in (("images", images), ("labels", labels)):
+        if array is not None and not isinstance(array, np.ndarray):
+            raise ValueError(f"{path}: the member {name!r} is not a NumPy .npy array; expected {contents}")
+    return images, labels
+
+
 def _read_npz(path: str, size: int, channels: int) -> tuple[np.ndarray, np.ndarray | None]:
     """images (N, size, size, channels) uint8 and labels (N,) int64 or None from an .npz; never resizes."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data.path={str(path)!r}: no such .npz file")
-    with np.load(path, allow_pickle=False) as f:
-        if "images" not in f.files:
-            raise ValueError(f"{path}: no array named 'images' (found {sorted(f.files)})")
-        images = f["images"]
-        labels = f["labels"] if "labels" in f.files else None
-    expected = f"expected (N, {size}, {size}, {channels}) uint8 for data.image_size={size}, data.channels={channels}"
+    want = f"(N, {size}, {size}, {channels}) uint8 for data.image_size={size}, data.channels={channels}"
+    expected = f"expected {want}"
+    images, labels = _npz_arrays(path, want)
     problems = []
     if images.dtype != np.uint8:
-        problems.append(f"dtype {images.dtype} is not uint8")
+        hint = " (store [0, 1] floats as np.round(x * 255).astype(np.uint8))" if images.dtype.kind == "f" else ""
+        problems.append(f"dtype {images.dtype} is not uint8{hint}")
     if images.ndim == 3:  # (N, H, W): one channel
         shape = images.shape + (1,)
     elif images.ndim == 4:

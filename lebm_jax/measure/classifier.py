@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lebm_jax.data.datasets import ImageData, to_float
+from lebm_jax.data.datasets import ImageData
+from lebm_jax.data.images import as_model_images, to_float
 from lebm_jax.data.files import cache_dir, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,12 @@ def train_classifier(
 class ClassifierFeatures:
     """φ(images): (N, H, W, C) float in [−1, 1] (or uint8, converted by `to_float`) → (N, 128) float32.
 
-    Jitted on batches of `batch_size` images, the last one padded, so it compiles once.
+    Jitted on batches of `batch_size` images, the last one padded, so it compiles once. Inputs are checked
+    on the host first (`lebm_jax.data.images.as_model_images`): the classifier's (H, W, C), uint8 or finite
+    floats in [−1, 1]; floats above 1 (e.g. [0, 255]) or below −1 are a ValueError. Floats with no negative
+    value look like [0, 1] images but may be bright generated images, which this function is given during
+    evaluation and must not reject: they are used as [−1, 1] with a warning, silenced by
+    ``assume_range="[-1, 1]"``.
     """
 
     def __init__(self, params, num_classes: int, image_shape: tuple[int, int, int], batch_size: int = EVAL_BATCH):
@@ -236,20 +242,15 @@ class ClassifierFeatures:
         self.batch_size = batch_size
         self._apply = jax.jit(lambda params, x: self.model.apply(params, x)[1])
 
-    def __call__(self, images) -> np.ndarray:
+    def __call__(self, images, *, assume_range: str | None = None) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != self.image_shape:
             raise ValueError(
                 f"classifier features expect images of shape (N, {', '.join(map(str, self.image_shape))}), "
                 f"got {images.shape}"
             )
-        if images.dtype == np.uint8:
-            images = to_float(images)
-        elif not np.issubdtype(images.dtype, np.floating):
-            raise ValueError(
-                f"classifier features expect float images in [-1, 1] (or uint8), got dtype {images.dtype}"
-            )
-        images = images.astype(np.float32, copy=False)
+        images = as_model_images(images, "classifier features", self.image_shape,
+                                 assume_range=assume_range, ambiguous="warn")
         return _batched(lambda x: self._apply(self.params, x), images, self.dim, self.batch_size)
 
 

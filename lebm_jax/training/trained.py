@@ -8,23 +8,29 @@
 
 Every method is jitted once per distinct argument shape; the chain settings are the run's config
 (``prior_chain``, ``posterior_chain``, ``ti``) unless overridden.
+
+Inputs are checked on the host before anything is traced (`lebm_jax.data.images.as_model_images`): images
+must be (B, H, W, C) of the model's shape, uint8 in [0, 255] or floats in [-1, 1], finite. Floats with no
+negative value (all in [0, 1]) look like [0, 1] images and are an error unless ``assume_range="[-1, 1]"``
+says they are [-1, 1] images (e.g. bright generated images); floats above 1 are an error that names
+[0, 255]. ``num`` must be an int >= 1; latents must end in the latent dimension.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lebm_jax.core import sampling
 from lebm_jax.core.model import LatentEBM
-from lebm_jax.data.images import to_float
+from lebm_jax.data.images import as_model_images
 from lebm_jax.training import build
 from lebm_jax.training import config as config_lib
 from lebm_jax.training.checkpoint import Checkpointer, abstract_like
@@ -33,12 +39,17 @@ from lebm_jax.training.step import create_train_state
 Array = jax.Array
 
 
-def _as_images(x) -> Array:
-    """uint8 images in [0, 255] or floats in [-1, 1] -> float32 in [-1, 1]."""
-    x = np.asarray(x)
-    if x.dtype == np.uint8:
-        return jnp.asarray(to_float(x))
-    return jnp.asarray(x, jnp.float32)
+def _count(num, where: str) -> int:
+    """``num`` as a Python int >= 1, or a ValueError naming ``where``."""
+    try:
+        if isinstance(num, bool):
+            raise TypeError
+        value = operator.index(num)
+    except TypeError:
+        raise ValueError(f"{where}: num={num!r} must be an int >= 1 (the number of samples)") from None
+    if value < 1:
+        raise ValueError(f"{where}: num={value} must be an int >= 1 (the number of samples)")
+    return value
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,34 +106,53 @@ class Trained:
             ),
         }
 
+    def _images(self, x, where: str, assume_range: str | None) -> Array:
+        """x checked and converted on the host (see the module docstring) → (B, H, W, C) float32 in [-1, 1]."""
+        return jnp.asarray(as_model_images(x, where, self.model.event_shape, assume_range=assume_range))
+
     # --- the public calls ---------------------------------------------------------------------------
     def prior_latents(self, key: Array, num: int) -> Array:
-        """z ~ p_α by the prior chain: (num, nz)."""
-        return self._jitted["prior"](self.params, key, int(num))
+        """z ~ p_α by the prior chain: (num, nz); num an int >= 1."""
+        return self._jitted["prior"](self.params, key, _count(num, "Trained.prior_latents"))
 
     def generate(self, key: Array, num: int) -> Array:
-        """Generated images g_β(z), z ~ p_α: (num, H, W, C) in [-1, 1]."""
-        return self._jitted["generate"](self.params, key, int(num))
+        """Generated images g_β(z), z ~ p_α: (num, H, W, C) in [-1, 1]; num an int >= 1."""
+        return self._jitted["generate"](self.params, key, _count(num, "Trained.generate"))
 
     def decode(self, z: Array) -> Array:
-        """g_β(z) for given latents (..., nz)."""
-        return self._jitted["decode"](self.params, jnp.asarray(z, jnp.float32))
+        """g_β(z) for given latents (..., nz): ValueError unless the last axis is the latent dimension nz."""
+        z = jnp.asarray(z, jnp.float32)
+        nz = self.model.latent_dim
+        if z.ndim < 1 or z.shape[-1] != nz:
+            raise ValueError(
+                f"Trained.decode: z has shape {tuple(z.shape)}; expected (..., {nz}), the last axis the latent "
+                f"dimension model.latent_dim={nz}"
+            )
+        return self._jitted["decode"](self.params, z)
 
-    def posterior(self, x, key: Array, t: float = 1.0) -> Array:
-        """z ~ π_t(z|x) ∝ p_β(x|z)^t p_α(z) for each image (B, H, W, C) (uint8 or [-1, 1]): (B, nz)."""
-        return self._jitted["posterior"](self.params, _as_images(x), key, jnp.float32(t))
+    def posterior(self, x, key: Array, t: float = 1.0, *, assume_range: str | None = None) -> Array:
+        """z ~ π_t(z|x) ∝ p_β(x|z)^t p_α(z) for each image (B, H, W, C) (uint8 or [-1, 1]): (B, nz).
 
-    def reconstruct(self, x, key: Array) -> Array:
-        """g_β(z⁺), z⁺ ~ p(z|x): (B, H, W, C) in [-1, 1]."""
-        return self.decode(self.posterior(x, key))
+        Floats all in [0, 1] are an error (they look like [0, 1] images) unless ``assume_range="[-1, 1]"``.
+        """
+        x = self._images(x, "Trained.posterior", assume_range)
+        return self._jitted["posterior"](self.params, x, key, jnp.float32(t))
+
+    def reconstruct(self, x, key: Array, *, assume_range: str | None = None) -> Array:
+        """g_β(z⁺), z⁺ ~ p(z|x): (B, H, W, C) in [-1, 1]; x as for `posterior`."""
+        x = self._images(x, "Trained.reconstruct", assume_range)
+        z = self._jitted["posterior"](self.params, x, key, jnp.float32(1.0))
+        return self._jitted["decode"](self.params, z)
 
     def log_likelihood(
-        self, x, key: Array, num_temps: int | None = None, power: float | None = None, num_chains: int = 1
+        self, x, key: Array, num_temps: int | None = None, power: float | None = None, num_chains: int = 1,
+        *, assume_range: str | None = None,
     ) -> dict:
         """TI estimate of log p(x) per image: {"log_px": (B,), "rung_log_lik": (N, B)[, "log_px_friel"]}.
 
-        Defaults to the run's ladder (config.ti); the posterior chain settings are the run's.
+        Defaults to the run's ladder (config.ti); the posterior chain settings are the run's. x as for `posterior`.
         """
+        x = self._images(x, "Trained.log_likelihood", assume_range)
         n = int(num_temps if num_temps is not None else self.config.ti.num_temps)
         pw = float(power if power is not None else self.config.ti.power)
-        return self._jitted["ti"](self.params, _as_images(x), key, n, pw, int(num_chains))
+        return self._jitted["ti"](self.params, x, key, n, pw, int(num_chains))

@@ -2,6 +2,12 @@
 
 `make_feature_fn(params)` wraps `FIDInceptionV3` (docs/design.md §6) in fixed-size, zero-padded batches so that the
 network compiles once per image shape, split over the devices of a 1-D mesh when there is more than one.
+
+Input range: uint8 in [0, 255] (converted by `to_float`) or floats in [-1, 1] — not pytorch-fid's [0, 1]. The
+images are checked on the host before they reach the network (`lebm_jax.data.images.as_model_images`): floats
+above 1 ([0, 255]) or below -1, NaN/inf, other dtypes and shapes are a ValueError. Floats with no negative value
+look like [0, 1] images but may be bright generated images (which evaluation passes here and must not reject):
+they are used as [-1, 1] with a warning, silenced by ``assume_range="[-1, 1]"``.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lebm_jax.data.images import as_model_images
 from lebm_jax.measure.inception.network import DEFAULT_PRECISION, FEATURE_DIM, FIDInceptionV3
 
 class InceptionFeatures:
-    """images (N, H, W, C) in [-1, 1] (numpy or jax) → (N, 2048) float32 numpy pool3 features.
+    """images (N, H, W, C), floats in [-1, 1] or uint8 (numpy or jax) → (N, 2048) float32 numpy pool3 features.
+
+    The input range is checked first (module docstring): [0, 255] floats are a ValueError, [0, 1]-looking
+    floats a warning unless ``assume_range="[-1, 1]"``.
 
     Runs in batches of `batch_size` (the last one zero-padded, so every batch has one shape and the network compiles
     once per image shape; `trace_count` counts compilations). With a 1-D mesh the batch is split over its devices
@@ -54,17 +64,14 @@ class InceptionFeatures:
         self.batch_size = batch_size
         self.mesh = mesh
 
-    def __call__(self, images: Any) -> np.ndarray:
-        if images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"images must be (N, H, W, C) with C in (1, 3), got shape {images.shape}")
+    def __call__(self, images: Any, *, assume_range: str | None = None) -> np.ndarray:
+        # a jax.Array stays on its device: only its min, max (and NaN/inf counts) come to the host
+        images = as_model_images(images, "Inception features", assume_range=assume_range, ambiguous="warn")
         num = images.shape[0]
         xp = jnp if isinstance(images, jax.Array) else np
         outputs = []
         for start in range(0, num, self.batch_size):
-            batch = xp.asarray(images[start : start + self.batch_size], dtype=xp.float32)
-            lo, hi = float(batch.min()), float(batch.max())
-            if lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
-                raise ValueError(f"images must lie in [-1, 1]; batch at {start} spans [{lo:.4g}, {hi:.4g}]")
+            batch = images[start : start + self.batch_size]
             pad = self.batch_size - batch.shape[0]
             if pad:
                 batch = xp.concatenate([batch, xp.zeros((pad,) + batch.shape[1:], xp.float32)])
@@ -77,7 +84,8 @@ class InceptionFeatures:
 
 def make_feature_fn(params: Mapping[str, Any], batch_size: int = 64, mesh: Mesh | None = None, *,
                     precision: Any = DEFAULT_PRECISION) -> InceptionFeatures:
-    """The FID feature function: images (N, H, W, C) in [-1, 1] → (N, 2048) float32 numpy; see InceptionFeatures.
+    """The FID feature function: images (N, H, W, C) in [-1, 1] (or uint8) → (N, 2048) float32 numpy; see
+    InceptionFeatures (floats in [0, 1] or [0, 255] are not the expected range: convert them first).
 
     `mesh` None shards over all local devices when there is more than one.
     """

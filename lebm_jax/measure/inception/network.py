@@ -242,7 +242,10 @@ def resize_bilinear(images: Array, size: int) -> Array:
 def preprocess(images: Array) -> Array:
     """Images (B, H, W, C ∈ {1, 3}) in [-1, 1] → Inception input (B, 299, 299, 3) float32 in [-1, 1].
 
-    Equals pytorch-fid's `2 · interpolate(u, 299, bilinear) − 1` for its input u = (x + 1) / 2.
+    Equals pytorch-fid's `2 · interpolate(u, 299, bilinear) − 1` for its input u = (x + 1) / 2. The range is
+    not checked here (this runs traced, inside jit): [0, 1] or [0, 255] input gives wrong features silently.
+    Callers with images from outside go through `InceptionFeatures`, which checks it on the host
+    (`lebm_jax.data.images.as_model_images`).
     """
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be (B, H, W, C) with C in (1, 3), got shape {images.shape}")
