@@ -13,6 +13,10 @@ measured float32 matmul peak, and memory. --mode sampler: prior samples/s and po
 --mode evaluation: images/s of the generation and the Inception-v3 feature extraction that a sample-quality
 evaluation runs (eval.batch_size images per call), and the seconds one evaluation of eval.num_samples costs.
 See lebm_jax.bench.run and lebm_jax.bench.flops for what each number means.
+
+Errors: a bad flag or config value, an unknown --config.<field>, --steps below 10, a --json path under a
+file and an unreadable --summarize file end with one line `error: ...` on stderr and a non-zero exit
+status, before any compilation; --traceback prints the full Python traceback instead.
 """
 
 import json
@@ -20,8 +24,9 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from lebm_jax import bench
-from lebm_jax.training import config as config_lib
+from experiments import _cli
+
+flags.adopt_module_key_flags(_cli)  # --traceback in --helpshort
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sampler", "evaluation"], "What to benchmark.")
@@ -36,8 +41,10 @@ _SUMMARIZE = flags.DEFINE_list("summarize", None, "Run nothing: print one Markdo
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _cli.no_arguments(argv)
+    from lebm_jax import bench
+    from lebm_jax.training import config as config_lib
+
     if _SUMMARIZE.value:
         results = []
         for path in _SUMMARIZE.value:
@@ -45,21 +52,20 @@ def main(argv):
                 with open(path) as f:
                     results.append(json.load(f))
             except (OSError, json.JSONDecodeError) as e:
-                raise SystemExit(f"error: --summarize {path}: {e}") from None
+                raise _cli.UserError(f"--summarize {path}: {e}") from None
         try:
             print(bench.summary_table(results))
         except (KeyError, ValueError) as e:
-            raise SystemExit(f"error: --summarize: not a training benchmark's JSON ({e})") from None
+            raise _cli.UserError(f"--summarize: not a training benchmark's JSON ({e})") from None
         return
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required (or --summarize FILES)")
-    try:  # before any compilation: a bad value stops here with its name
-        config_lib.validate(config)
-        if _STEPS.value < bench.MIN_STEPS and not _ALLOW_FEW_STEPS.value:
-            raise ValueError(f"--steps={_STEPS.value}: time at least {bench.MIN_STEPS} steps")
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    # before any compilation: a bad value stops here with its name (one line from _cli.run)
+    config_lib.validate(config)
+    if _STEPS.value < bench.MIN_STEPS and not _ALLOW_FEW_STEPS.value:
+        raise _cli.UserError(f"--steps={_STEPS.value}: time at least {bench.MIN_STEPS} steps")
+    _cli.require_parent_directory(_JSON.value, "--json")
     name = config_flags.get_config_filename(flags.FLAGS["config"])
     common = dict(matmul_size=_MATMUL_SIZE.value or None, config_name=name, allow_few_steps=_ALLOW_FEW_STEPS.value)
     if _MODE.value == "train":
@@ -77,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

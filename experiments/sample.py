@@ -5,23 +5,32 @@ r"""Generate images from a trained workdir: a PNG grid and an .npz of the images
 
 Writes OUT.png (the grid) and OUT.npz (images uint8 (N, H, W, C), latents (N, nz), step); OUT defaults
 to WORKDIR/samples/generated_STEP.
+
+Errors: a bad flag value (--num below 1), a workdir without checkpoints, a --step that has none, a
+damaged checkpoint or an --out under a file end with one line `error: ...` on stderr and a non-zero exit
+status, before anything is written; --traceback prints the full Python traceback instead.
 """
 
 import os
 
-from absl import app, flags
+from absl import flags
+
+from experiments import _cli
+
+flags.adopt_module_key_flags(_cli)  # --traceback in --helpshort
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
-_NUM = flags.DEFINE_integer("num", 64, "Number of images.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_NUM = flags.DEFINE_integer("num", 64, "Number of images.", lower_bound=1)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", None, "Output path without extension.")
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _cli.no_arguments(argv)
+    if _OUT.value:
+        _cli.require_parent_directory(_OUT.value, "--out", suffix=".png")
     import jax
     import numpy as np
 
@@ -31,8 +40,6 @@ def main(argv):
 
     quiet_library_logs()
 
-    if _NUM.value < 1:
-        raise app.UsageError(f"--num={_NUM.value} must be >= 1")
     trained = Trained.load(_WORKDIR.value, _STEP.value)
     key = jax.random.key(_SEED.value)
     z = trained.prior_latents(key, _NUM.value)
@@ -45,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

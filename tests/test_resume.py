@@ -217,12 +217,13 @@ def resumed_step(stderr: str) -> int | None:
 
 
 def final_error(stderr: str) -> str:
-    """The exception the process ended with: from its last 'SomeError: ...' line to the end."""
+    """The exception the process ended with: from its last 'SomeError: ...' (or 'error: ...') line to the end."""
     lines = stderr.splitlines()
     # orbax's pending reads can print "Exception ignored ... ImportError: ... Python is likely shutting
     # down" after the real error; those are interpreter-exit noise, not the process's error
+    # (experiments/_cli.py prints an expected error as one line "error: ...")
     starts = [i for i, line in enumerate(lines)
-              if re.match(r"[\w.]*(Error|Exception): ", line) and "likely shutting down" not in line]
+              if re.match(r"([\w.]*(Error|Exception)|error): ", line) and "likely shutting down" not in line]
     return "\n".join(lines[starts[-1]:]) if starts else ""
 
 

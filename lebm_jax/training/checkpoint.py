@@ -7,14 +7,19 @@ atomic rename) and only then removed, so a process killed while deleting never l
 directory listed as a step. Restoring checks that the checkpoint fits the current config and names the
 fields that differ when it does not, and checks the restored state against a SHA-256 of it saved
 alongside (orbax's array files carry no checksum: flipped bytes would otherwise restore silently).
+
+Resuming with a changed config (`check_resume`, called by the loop before any work): a change of a
+field in SHAPE_FIELDS is refused always; a change of any field outside RESUMABLE_FIELDS is refused
+unless the caller allows it explicitly (``--allow_config_change``), so that one workdir never holds
+a run trained with two configs without saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -23,12 +28,44 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lebm_jax.training import config as config_lib
+
 # Fields that change the shapes of the saved state: a checkpoint written with other values is unusable.
 SHAPE_FIELDS = (
     "data.image_size", "data.channels", "model.latent_dim", "model.ngf", "model.generator_widths",
     "model.ebm_hidden", "model.ebm_depth",
 )
 TRASH = "_deleting"  # subdirectory old checkpoints are moved into before they are removed
+
+# Fields a run may be resumed with changed, silently: each decides only *when* something happens (or
+# what is kept on disk), never *what* a training step or a measurement computes, so the state and every
+# number logged for a step are the same whichever value ran before or after the resume.
+#   num_steps         where the run stops. No schedule depends on it (the learning rates decay per
+#                     epoch, `build.learning_rates`); only the evaluations due "at the last step" move.
+#   log_every, checkpoint_every, sample_every
+#                     which steps log, save, draw a sample grid and the held-out metrics. A logged row is
+#                     the step's own (the mean over its dispatch of steps_per_dispatch steps), and the
+#                     grid's and evaluators' keys are fold_in(key, step): another cadence logs the same
+#                     numbers at other steps.
+#   eval.every, gradstats.every
+#                     the same for sample quality and the gradient variance: when they run, not what.
+#   max_to_keep       how many checkpoints stay on disk.
+#   num_samples       images in each sample grid: pictures only, never a metric or the train state.
+# Not resumable, because the numbers logged after the resume would mean something else under the same
+# names (a curve would join two quantities):
+#   steps_per_dispatch  a logged training row is the mean over the k steps of one dispatch, and k
+#                       steps run as one program (a scan off CPU) round differently;
+#   eval.* but every   they define the estimator: sample count, reference set, feature space, KID
+#                       subsets, FID∞, the held-out log p(x), even eval.batch_size (images are drawn per
+#                       batch with fold_in(key, batch index), so another size draws other images);
+#   gradstats.* but every, num_heldout   the same for the gradient variance and the held-out metrics;
+# and everything else (seed, data, model, chains, ladder, optimiser, batch size, variant) changes the
+# training itself. Those need ``--allow_config_change``; SHAPE_FIELDS never resume.
+RESUMABLE_FIELDS = (
+    "num_steps", "log_every", "checkpoint_every", "sample_every", "eval.every", "gradstats.every",
+    "max_to_keep", "num_samples",
+)
+ALLOW_FLAG = "--allow_config_change"  # the command-line flag of experiments/train.py that allows a change
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -42,17 +79,74 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """{field: (saved value, current value)} for every field that differs."""
-    a = _flatten(saved)
+    """{field: (saved value, current value)} for every field that differs. Fields added to the config
+    since ``saved`` was written count with their defaults (`config.from_saved`), as a restored run has them."""
+    a = _flatten(json.loads(config_lib.from_saved(saved).to_json()))
     b = _flatten(json.loads(current.to_json()))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def _brief(e: Exception) -> str:
-    """An exception's type and first line, at most 300 characters (TensorStore's messages run to pages;
-    the whole chain is still in the traceback)."""
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:300]}{'...' if len(first) > 300 else ''}"
+def _difference_lines(diffs: dict[str, tuple[Any, Any]]) -> str:
+    """One line per field, "  field: saved a → now b", ending in ";" and the last in "." (reads as one
+    sentence too when a command line joins the lines)."""
+    lines = [f"  {k}: saved {a!r} → now {b!r}" for k, (a, b) in diffs.items()]
+    return ";\n".join(lines) + "."
+
+
+def check_resume(saved: dict, config: ml_collections.ConfigDict, where: str, allow_changes: bool = False
+                 ) -> dict[str, tuple[Any, Any]]:
+    """Whether a run saved with config ``saved`` (the checkpoint ``where``) may go on with ``config``;
+    returns every difference {field: (saved, now)}, resumable fields included, for the run's record.
+
+    Raises ValueError listing the differences when a shape field differs (always), or when a field
+    outside RESUMABLE_FIELDS differs and ``allow_changes`` is False.
+    """
+    diffs = config_differences(saved, config)
+    unusable = {k: v for k, v in diffs.items() if k in SHAPE_FIELDS}
+    if unusable:
+        raise ValueError(
+            f"checkpoint {where} does not fit the config: its arrays have other shapes:\n"
+            f"{_difference_lines(unusable)}\n"
+            f"A checkpoint cannot be resumed with other shapes, not even with {ALLOW_FLAG}. Use a new "
+            "--workdir, or the saved values, to go on."
+        )
+    changed = {k: v for k, v in diffs.items() if k not in RESUMABLE_FIELDS}
+    if changed and not allow_changes:
+        raise ValueError(
+            f"the config differs from the one checkpoint {where} was trained with, in fields that change "
+            f"what the run computes:\n{_difference_lines(changed)}\n"
+            "Going on would record one run trained with two configs as one. Use the saved values to resume, "
+            f"or a new --workdir for a new run, or pass {ALLOW_FLAG} (allow_config_changes=True) to go on "
+            "with the new values from this step (the change and its step are then recorded in "
+            f"config_changes.jsonl). Nothing was changed on disk. Fields that may change on resume: "
+            f"{', '.join(RESUMABLE_FIELDS)}."
+        )
+    return diffs
+
+
+# reprs that say nothing to a reader: <bound method ...>, <... object at 0x...>; TensorStore's spec dump
+_REPRS = re.compile(r"\s*<(?:bound method|built-in method|function|method|[\w.]+ object)\b[^>]*>?")
+_ADDRESS = re.compile(r"\s+at 0x[0-9a-fA-F]+")
+_TENSORSTORE_DETAILS = re.compile(r"\s*See full TensorStore details:.*")
+_SLICES = re.compile(r"\s*index:\s*\((?:\s*slice\([^)]*\),?)+\s*\)")
+_ARRAY_PATH = re.compile(r"'path': '([^'/][^']*?)/?'")  # an array's path inside the checkpoint (not a file path)
+
+
+def _brief(e: BaseException, limit: int = 200) -> str:
+    """An exception's type and its first line, cleaned to one short line: object reprs and addresses
+    and TensorStore's spec dump dropped, the array named when TensorStore says which one failed (its
+    messages run to pages; the whole chain is still in the traceback)."""
+    text = str(e)
+    first = (text.strip().splitlines() or [""])[0]
+    for pattern in (_TENSORSTORE_DETAILS, _REPRS, _ADDRESS, _SLICES):
+        first = pattern.sub("", first)
+    first = " ".join(first.split()).rstrip(" .:;,")
+    arrays = _ARRAY_PATH.findall(text)
+    if arrays:
+        first = f"{first}: {arrays[-1]}" if first else arrays[-1]
+    if len(first) > limit:
+        first = first[: limit - 3].rstrip() + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _key_name(key) -> str:
@@ -122,54 +216,50 @@ class Checkpointer:
     def read_config(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
-    def restore(self, step: int, abstract_state: Any, config: ml_collections.ConfigDict) -> Any:
-        """The state saved at ``step``, laid out like ``abstract_state``; clear errors when it cannot be used."""
+    def _unusable(self, step: int, what: str, e: BaseException | None = None) -> RuntimeError:
+        """One line: which checkpoint, what is wrong (in brief), and what to do."""
         where = os.path.join(self.directory, str(step))
+        earlier = [s for s in self.all_steps() if s < step]
+        then = f"to resume from step {earlier[-1]}" if earlier else "to start again from step 0"
+        detail = f" ({_brief(e)})" if e is not None else ""
+        return RuntimeError(
+            f"checkpoint {where} {what}{detail}. It is left untouched; move it out of {self.directory} "
+            f"{then} (steps present: {self.all_steps()})."
+        )
+
+    def saved_config(self, step: int) -> dict:
+        """The config saved with the checkpoint at ``step``; RuntimeError (one line) if it cannot be read."""
         try:
-            saved = self.read_config(step)
+            return self.read_config(step)
         except Exception as e:  # noqa: BLE001 - any failure to read means an unusable checkpoint
-            raise RuntimeError(
-                f"checkpoint {where} cannot be read ({_brief(e)}). It is left untouched; move it "
-                f"away to resume from an earlier one (steps present: {self.all_steps()})."
-            ) from e
-        diffs = config_differences(saved, config)
-        unusable = {k: v for k, v in diffs.items() if k in SHAPE_FIELDS}
+            raise self._unusable(step, "cannot be read", e) from e
+
+    def restore(self, step: int, abstract_state: Any, config: ml_collections.ConfigDict) -> Any:
+        """The state saved at ``step``, laid out like ``abstract_state``; clear errors when it cannot be used
+        (ValueError when its shapes do not fit ``config``, RuntimeError when it cannot be read or is corrupt).
+        Other differences from the saved config are the caller's to judge (`check_resume`)."""
+        where = os.path.join(self.directory, str(step))
+        saved = self.saved_config(step)
+        unusable = {k: v for k, v in config_differences(saved, config).items() if k in SHAPE_FIELDS}
         if unusable:
-            lines = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in unusable.items())
             raise ValueError(
-                f"checkpoint {where} does not fit the config ({lines}). Use a new --workdir, or the "
-                "saved values, to go on."
-            )
-        changed = {k: v for k, v in diffs.items() if k != "num_steps"}
-        if changed:
-            logging.warning(
-                "resuming %s with a changed config: %s", where,
-                ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()),
+                f"checkpoint {where} does not fit the config: its arrays have other shapes:\n"
+                f"{_difference_lines(unusable)}\nUse a new --workdir, or the saved values, to go on."
             )
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # noqa: BLE001
-            raise RuntimeError(
-                f"checkpoint {where} cannot be restored ({_brief(e)}). It is left untouched; move it "
-                f"away to resume from an earlier one (steps present: {self.all_steps()})."
-            ) from e
+            raise self._unusable(step, "cannot be restored", e) from e
         if os.path.isdir(os.path.join(where, "digest")):  # checkpoints written before it have none
             try:
                 saved_digest = self._manager.restore(
                     step, args=ocp.args.Composite(digest=ocp.args.JsonRestore())
                 )["digest"]["sha256"]
             except Exception as e:  # noqa: BLE001
-                raise RuntimeError(
-                    f"checkpoint {where}: its checksum cannot be read ({_brief(e)}). It is left "
-                    f"untouched; move it away to resume from an earlier one (steps present: {self.all_steps()})."
-                ) from e
+                raise self._unusable(step, "has a checksum that cannot be read", e) from e
             digest = state_digest(restored["state"])
             if saved_digest is not None and digest is not None and digest != saved_digest:
-                raise RuntimeError(
-                    f"checkpoint {where} is corrupt: the restored state does not match the SHA-256 saved with "
-                    f"it. It is left untouched; move it away to resume from an earlier one (steps present: "
-                    f"{self.all_steps()})."
-                )
+                raise self._unusable(step, "is corrupt: the restored state does not match the SHA-256 saved with it")
         return restored["state"]
 
     def close(self) -> None:
@@ -179,3 +269,18 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """Shape/dtype/sharding structs of ``tree`` for restoring into the same layout."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def latest_saved_config(workdir: str) -> tuple[int, str, dict] | None:
+    """(latest step, its directory, the config saved with it) of ``workdir``'s checkpoints, read without
+    touching anything on disk; None when there is none. RuntimeError (one line) if that config cannot be read."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    ckpt = Checkpointer(workdir, max_to_keep=None, read_only=True)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            return None
+        return step, os.path.join(ckpt.directory, str(step)), ckpt.saved_config(step)
+    finally:
+        ckpt.close()

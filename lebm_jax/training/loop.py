@@ -3,11 +3,18 @@
 One pass of the loop: k global batches (`step.global_batches`) → one compiled call of k data-parallel
 steps (`step.make_train_fn`) → logged metrics, checkpoints, sample grids and whichever evaluators are
 due (`lebm_jax.measure.registry`). The loop never names a metric: evaluators come from the config.
+
+The workdir's record of the config: ``config.json`` is the config the run started with (written at
+step 0 only), and ``config_changes.jsonl`` holds one line per resume with a changed config,
+``{"step": n, "changes": {field: [saved, now]}, "time": ...}``, so the config in force at any step is
+config.json with the lines of earlier steps applied. Fields outside `checkpoint.RESUMABLE_FIELDS`
+change only with ``allow_config_changes=True``; the check runs before any work or write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -25,11 +32,14 @@ from lebm_jax.data import images
 from lebm_jax.data.files import write_atomic
 from lebm_jax.measure.base import Context, is_due, seconds_metric
 from lebm_jax.measure.registry import build_evaluators
-from lebm_jax.training import build
+from lebm_jax.training import build, checkpoint
 from lebm_jax.training import config as config_lib
 from lebm_jax.training.checkpoint import Checkpointer, abstract_like
 from lebm_jax.training.step import TrainState, create_train_state, global_batches, make_train_fn
-from lebm_jax.training.writers import create_writer, quiet_library_logs
+from lebm_jax.training.writers import create_writer, quiet_library_logs, read_jsonl
+
+CONFIG_FILE = "config.json"  # the config the run started with
+CHANGES_FILE = "config_changes.jsonl"  # one line per resume with a changed config
 
 
 class NonFiniteError(FloatingPointError):
@@ -48,19 +58,59 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _record_config(workdir: str, step: int, config: ml_collections.ConfigDict, saved: dict | None,
+                   changes: dict) -> None:
+    """Keeps the workdir's config record true (lead process only).
+
+    A run from step 0: config.json is ``config`` and config_changes.jsonl goes. A resume from ``step``:
+    config.json is kept (written from the checkpoint's config ``saved`` if it is missing); lines of
+    config_changes.jsonl at or after ``step`` (left by an attempt that saved nothing after it) go, and
+    ``changes`` ({field: (saved, now)}, if any) are added as the line of ``step``.
+    """
+    config_path, changes_path = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, CHANGES_FILE)
+    if step == 0:
+        write_atomic(config_path, config.to_json(indent=2).encode())
+        if os.path.exists(changes_path):
+            os.remove(changes_path)
+        return
+    if not os.path.exists(config_path) and saved is not None:
+        write_atomic(config_path, config_lib.from_saved(saved).to_json(indent=2).encode())
+    old = read_jsonl(changes_path) if os.path.exists(changes_path) else []
+    kept = [row for row in old if row["step"] < step]
+    if changes:
+        row = {"step": step, "changes": {k: [a, b] for k, (a, b) in changes.items()},
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        kept.append(row)
+        logging.info("resumed at step %d with config changes (recorded in %s): %s", step, changes_path,
+                     ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    if kept != old:
+        write_atomic(changes_path, "".join(json.dumps(row) + "\n" for row in kept).encode())
+
+
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.ImageData | None = None
+    config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.ImageData | None = None, *,
+    allow_config_changes: bool = False,
 ) -> RunResult:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
 
     ``dataset`` overrides loading ``config.data`` (tests and custom data). Writes
-    checkpoints/, metrics.jsonl, TensorBoard events, samples/*.png and config.json to ``workdir``.
+    checkpoints/, metrics.jsonl, TensorBoard events, samples/*.png, config.json (the config of step 0)
+    and config_changes.jsonl (changes made on resume) to ``workdir``.
+    Resuming with a config that differs from the latest checkpoint's in a field outside
+    `checkpoint.RESUMABLE_FIELDS` raises ValueError listing the differences, before any work or write,
+    unless ``allow_config_changes`` (``--allow_config_change``): then the run goes on with ``config`` and
+    the change is recorded. A shape field (`checkpoint.SHAPE_FIELDS`) never changes.
     Raises NonFiniteError (after keeping the last good checkpoint untouched) if a step's loss or
-    update is not finite.
+    update is not finite; nothing is logged for that step or after it.
     """
     config_lib.validate(config)
     workdir = os.path.abspath(workdir)
     lead = jax.process_index() == 0
+    resumed = checkpoint.latest_saved_config(workdir)  # read-only: a refused resume changes nothing
+    saved, changes = None, {}
+    if resumed is not None:
+        _, where, saved = resumed
+        changes = checkpoint.check_resume(saved, config, where, allow_config_changes)
     data = dataset if dataset is not None else data_lib.load(config.data)  # before the workdir: bad data leaves none
     os.makedirs(workdir, exist_ok=True)
     spe = data_lib.steps_per_epoch(data.train.shape[0], config.batch_size)
@@ -79,6 +129,10 @@ def train_and_evaluate(
     start = ckpt.latest_step()
     if start is not None:
         try:
+            if resumed is None or resumed[0] != start:  # not the checkpoint checked above: check this one
+                saved = ckpt.saved_config(start)
+                changes = checkpoint.check_resume(saved, config, os.path.join(ckpt.directory, str(start)),
+                                                  allow_config_changes)
             state = ckpt.restore(start, abstract_like(state), config)
             if int(state.nonfinite_step):
                 raise NonFiniteError(f"the checkpoint at step {start} holds a non-finite state")
@@ -93,11 +147,13 @@ def train_and_evaluate(
     writer = create_writer(workdir, lead, step)
     history: list[dict] = []
     evaluators = build_evaluators(config, Context(model, objective, data, mesh))
+    hparams = {}
     for evaluator in evaluators:
-        numeric = {k: float(v) for k, v in evaluator.info.items() if isinstance(v, (int, float))}
-        if lead and evaluator.name == "sample_quality" and numeric:
-            writer.write_hparams(numeric)
-            logging.info("feature space %s: %s", evaluator.info["feature_space"], evaluator.info)
+        logging.info("evaluator %s every %d steps: %s", evaluator.name, evaluator.every, evaluator.info)
+        hparams.update({evaluator.prefix + k: float(v) for k, v in evaluator.info.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if lead and hparams:
+        writer.write_hparams(hparams)
     grid_fn = sampling.jit_generate(model, objective.prior_chain)
     seconds = {ev.name: 0.0 for ev in evaluators}  # time spent in each evaluator this session
     seconds["grid"] = 0.0
@@ -114,10 +170,11 @@ def train_and_evaluate(
             images.save_grid(grid, path, scale=max(1, 128 // config.data.image_size))
         seconds["grid"] += time.time() - t
 
-    def evaluate(at: int, params, group) -> None:
-        """The evaluators of ``group`` due at step ``at``, logged as one row."""
+    def evaluate(at: int, params) -> None:
+        """The evaluators due at step ``at``, logged as one row; never on parameters the non-finite
+        guard kept (the caller checks first)."""
         out = {}
-        for evaluator in group:
+        for evaluator in evaluators:
             if not is_due(evaluator, at, config.num_steps):
                 continue
             t = time.time()
@@ -128,18 +185,13 @@ def train_and_evaluate(
         if out:
             log(at, out)
 
-    # held-out metrics go with the sample grids and checkpoints; the costlier measurements after them
-    with_grids = [ev for ev in evaluators if ev.name == "heldout"]
-    measurements = [ev for ev in evaluators if ev.name != "heldout"]
-
     if lead:
-        write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2).encode())
+        _record_config(workdir, step, config, saved, changes)
     if step == 0:
         if lead:
             logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
-        evaluate(0, state.params, with_grids)
         sample_grid(0, state.params)
-        evaluate(0, state.params, measurements)
+        evaluate(0, state.params)
 
     train_fn = make_train_fn(objective, optimizers, mesh)
     # clu's progress report (steps/s, % done and ETA in the log and the work-unit notes) every minute;
@@ -190,9 +242,10 @@ def train_and_evaluate(
                 last_good = step
             if step % config.sample_every == 0 or step == config.num_steps:
                 check_finite(state)
-                evaluate(step, state.params, with_grids)
                 sample_grid(step, state.params)
-            evaluate(step, state.params, measurements)
+            if any(is_due(ev, step, config.num_steps) for ev in evaluators):
+                check_finite(state)
+                evaluate(step, state.params)
     finally:
         writer.flush()
         ckpt.close()

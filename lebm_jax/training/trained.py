@@ -74,7 +74,7 @@ class Trained:
                 step = steps[-1]
             elif step not in steps:
                 raise ValueError(f"step={step} has no checkpoint in {ckpt.directory}; there are {steps}")
-            config = config_lib.from_saved(ckpt.read_config(step))
+            config = config_lib.from_saved(ckpt.saved_config(step))
             model = build.build_model(config)
             template = create_train_state(model, build.make_optimizers(config, 1), jax.random.key(0))
             state = ckpt.restore(step, abstract_like(template), config)

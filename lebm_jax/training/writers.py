@@ -1,4 +1,18 @@
-"""Metric writers: TensorBoard (clu) plus a JSON-lines file that plots can read without TensorBoard."""
+"""Metric writers: TensorBoard (clu) plus a JSON-lines file that plots can read without TensorBoard.
+
+``metrics.jsonl`` is the run's record: each (step, metric) once. A resumed run first drops its rows
+after the step it resumes from (logged by an attempt that stopped after its last checkpoint: killed,
+or stopped by a non-finite step) and then logs those steps again, so a retry leaves no duplicate and
+nothing of the failed attempt past the last good checkpoint.
+
+TensorBoard gets one events file per start of the run, not one per run: an events file cannot be
+appended to (each writer opens a new file named by time and host), and TensorBoard reads every events
+file in the folder, in order, as one run. The points a stopped attempt logged after its last
+checkpoint stay in its file, and the resumed run logs those steps again in its own: TensorBoard drops
+such orphaned points only when a SessionLog START event marks the restart, which TF2's summary writers
+(clu's) never write, so its plots may show two values at those steps. Rewriting events files to drop
+them is not worth their format: read metrics.jsonl where exactly one value per step matters.
+"""
 
 from __future__ import annotations
 
@@ -79,6 +93,8 @@ def create_writer(workdir: str, lead: bool, start_step: int = 0) -> metric_write
 
     Rows of ``metrics.jsonl`` after ``start_step`` (left by a run that stopped after its last
     checkpoint) are dropped, since the resumed run logs those steps again; a fresh run starts it empty.
+    The TensorBoard writer opens a new events file beside those of earlier starts (see the module's
+    docstring).
     """
     if not lead:
         return metric_writers.create_default_writer(None, just_logging=True)
