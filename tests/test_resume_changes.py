@@ -38,6 +38,7 @@ from lebm_jax.training.writers import read_jsonl
 
 from config_files import load_config
 from tiny import tiny_config
+from test_resume import assert_each_metric_logged_once
 
 BASE = {"num_steps": 2, "log_every": 1, "checkpoint_every": 1, "sample_every": 2, "max_to_keep": 10}
 CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
@@ -91,14 +92,6 @@ def saved_config(workdir: Path, step: int) -> dict:
         ckpt.close()
 
 
-def assert_each_metric_logged_once(rows: list[dict]) -> None:
-    seen: dict[tuple, int] = {}
-    for row in rows:
-        for name in row:
-            if name != "step":
-                seen[(row["step"], name)] = seen.get((row["step"], name), 0) + 1
-    repeated = sorted(k for k, n in seen.items() if n > 1)
-    assert not repeated, f"metrics.jsonl repeats (step, metric): {repeated[:10]}"
 
 
 def finite_training_and_heldout(row: dict) -> bool:
