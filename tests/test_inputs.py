@@ -92,9 +92,9 @@ def test_checker_ambiguous_range_rule():
 # Trained
 
 
-@pytest.mark.parametrize("method", ["posterior", "log_likelihood", "reconstruct"])
+@pytest.mark.parametrize("method", ["posterior", "log_likelihood", "training_log_likelihood", "reconstruct"])
 def test_trained_rejects_bad_images_naming_what_was_found(trained, method):
-    call = lambda x: getattr(trained, method)(x, jax.random.key(1))  # noqa: E731
+    call = lambda x: getattr(trained, method)(x, jax.random.key(1))
     where = f"Trained.{method}"
     _raises(lambda: call(_unit()), where, "dtype float32, shape (4, 16, 16, 1)", "min 0 and max 1",
             "look like [0, 1]", EXPECTED_RANGE, "2 * x - 1", "assume_range='[-1, 1]'")
@@ -117,9 +117,18 @@ def test_trained_rejects_bad_images_naming_what_was_found(trained, method):
 def test_trained_uint8_equals_minus_one_one_floats(trained):
     x, key = _uint8(), jax.random.key(2)
     np.testing.assert_array_equal(trained.posterior(x, key), trained.posterior(to_float(x), key))
-    a, b = trained.log_likelihood(x, key), trained.log_likelihood(to_float(x), key)
+    a, b = trained.training_log_likelihood(x, key), trained.training_log_likelihood(to_float(x), key)
     np.testing.assert_array_equal(a["log_px"], b["log_px"])
     assert np.all(np.isfinite(a["log_px"]))
+    small = dict(num_temps=5, ais_substeps=2, steps_per_rung=2, num_chains=2, prior_steps=5)
+    a, b = trained.log_likelihood(x, **small), trained.log_likelihood(to_float(x), **small)
+    np.testing.assert_array_equal(a.ti, b.ti)
+    np.testing.assert_array_equal(a.ais, b.ais)
+    assert np.all(np.isfinite(a.ti)) and np.all(np.isfinite(a.ais))
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['num_temp'\]"):
+        trained.log_likelihood(x, num_temp=5)
+    with pytest.raises(ValueError, match="loglik.num_temps=4"):
+        trained.log_likelihood(x, num_temps=4)
 
 
 def test_trained_ambiguous_images_pass_when_declared(trained):

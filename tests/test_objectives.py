@@ -90,11 +90,12 @@ def test_ti_log_likelihood_estimate_within_its_error_bound(problem):
         lambda xb: lg.expected_log_lik(params, xb, t, SIGMA0, SIGMA))(x)))(ts)
     mean, se = mean_and_se(res.aux.rungs["rung_log_lik"])
     check_close("TI rung E_i vs exact E_t", mean, e_exact, se)
-    # the Friel-corrected estimate (S ≥ 2 chains give V_i) against the exactly corrected trapezoid
-    v = jax.vmap(lambda xb: jax.vmap(lambda t: lg.variance_log_lik(params, xb, t, SIGMA0, SIGMA))(ts))(x)
-    corrected = trap - jnp.sum(jnp.diff(ts) ** 2 / 12 * jnp.diff(v, axis=1), axis=1)
-    mean, se = mean_and_se(res.aux.batch["log_px_friel"])
-    check_close("TI Friel-corrected log p̂(x) vs exact corrected", mean, corrected, se)
+    # the rung variances V_i (S ≥ 2 chains), averaged over examples, against the exact V_t
+    v = jax.vmap(lambda t: jnp.mean(jax.vmap(
+        lambda xb: lg.variance_log_lik(params, xb, t, SIGMA0, SIGMA))(x)))(ts)
+    mean = np.mean(res.aux.rungs["rung_var"], axis=0)
+    check_close("TI rung V_i vs exact V_t (relative)", mean / v, 1.0, bias_bound=0.15)
+    assert "log_px_friel" not in res.aux.batch  # never logged unchecked: see the held-out protocol
 
 
 @pytest.mark.parametrize("power", [0.3, 3.0])

@@ -344,7 +344,7 @@ def test_short_digits_run_learns(variant, tmp_path):
         "prior_chain.num_steps": 10, "posterior_chain.num_steps": 8, "ti.num_temps": 3, "batch_size": 32,
         "optim.lr_gen": 3e-3, "num_heldout": 100, "num_samples": 4, "num_steps": steps,
         "log_every": LEARNING_LOG_EVERY, "checkpoint_every": steps, "sample_every": steps,
-        "eval.every": 0, "gradstats.every": 0, "eval.heldout_log_px": False,
+        "eval.every": 0, "gradstats.every": 0,
     })
     result = loop.train_and_evaluate(config, str(tmp_path))
     rows = read_jsonl(tmp_path / "metrics.jsonl")

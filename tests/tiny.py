@@ -32,7 +32,6 @@ TINY = {
     "sample_every": 1,
     "eval.every": 0,
     "gradstats.every": 0,
-    "eval.heldout_log_px": False,
 }
 
 

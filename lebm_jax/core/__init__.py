@@ -7,6 +7,7 @@ Pure functions and flax modules; no configs, files or data sets (docs/design.md 
     langevin         ULA / MALA short-run chains as pure functions; ChainSpec, the settings of one chain
     ladder           temperature schedule t_i = (i/(N-1))^p, trapezoid, Friel correction, ti_estimate
     objectives       the Objective interface; "vanilla" and "ti"; loss_and_grads for one batch
+    annealing        annealed MALA sweeps through a fine ladder: TI and AIS estimates of log p(x), the pilot
     sampling         prior latents, generation, posterior inference, TI log-likelihood of a trained model
     gradstats        total / MCMC / data variance of the learning gradient
     linear_gaussian  the exactly solvable model and its closed-form answers

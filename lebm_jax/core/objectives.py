@@ -284,7 +284,6 @@ class ThermodynamicIntegration:
         rungs = {"rung_log_lik": const(jnp.mean(est.rung_mean, axis=1)), **samples.rungs}  # (T,) each
         if est.rung_var is not None:
             rungs["rung_var"] = const(jnp.mean(est.rung_var, axis=1))
-            batch["log_px_friel"] = const(est.log_px_friel)
         aux = Aux(per_example=const(Losses(per_example_ebm, -log_px)), batch=batch, rungs=rungs)
         return Losses(loss_ebm, -jnp.mean(est.log_px)), aux
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lebm_jax.core import ladder
+from lebm_jax.core import annealing, ladder
 from lebm_jax.core.devices import AXIS, data_mesh
 from lebm_jax.core.langevin import ChainResult, ChainSpec, sample_base
 from lebm_jax.core.model import LatentEBM
@@ -86,9 +86,11 @@ def ti_log_likelihood(
 ) -> dict:
     """Thermodynamic-integration estimate of log p(x) per example (trapezoid over t_i = (i/(N−1))^p).
 
-    Returns {"log_px": (B,), "rung_log_lik": (N, B)} and, with num_chains ≥ 2, the Friel-corrected
-    "log_px_friel": (B,) (`lebm_jax.core.ladder.ti_estimate`, design.md §3). The log p(x) is that of
-    the model with the normalised prior p_α.
+    Returns {"log_px": (B,), "rung_log_lik": (N, B)} and, with num_chains ≥ 2, "friel_reliable": (B,) bool
+    (`lebm_jax.core.annealing.friel_reliable`) and the Friel-corrected "log_px_friel": (B,), NaN where the
+    rule does not vouch for it (`lebm_jax.core.ladder.ti_estimate`, design.md §3, §9). The log p(x) is that
+    of the model with the normalised prior p_α. This is the training estimator on a ladder of one's
+    choosing; for the held-out protocol's estimate see `lebm_jax.core.annealing.estimate`.
     """
     model.check_data(x)
     ts = ladder.power_schedule(num_temps, power)
@@ -97,5 +99,7 @@ def ti_log_likelihood(
     est = ladder.ti_estimate(ts, model.log_likelihood(params["gen"], x, res.z))  # ℓ: (N, S, B)
     out = {"log_px": est.log_px, "rung_log_lik": est.rung_mean}
     if est.log_px_friel is not None:
-        out["log_px_friel"] = est.log_px_friel
+        reliable = annealing.friel_reliable(est.rung_var)
+        out["friel_reliable"] = reliable
+        out["log_px_friel"] = jnp.where(reliable, est.log_px_friel, jnp.nan)
     return out

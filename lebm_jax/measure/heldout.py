@@ -2,9 +2,10 @@
 
 - ``recon_mse``: mean squared error per pixel of g_β(z⁺) against x, z⁺ from the posterior chain (the
   scale Pang et al. Table 2 report);
-- ``posterior_log_lik``: mean log p_β(x|z⁺), constant included;
-- ``log_px`` (with ``eval.heldout_log_px``): the mean TI estimate of log p(x) on the run's own ladder
-  (``config.ti``: num_temps, power), `lebm_jax.core.sampling.ti_log_likelihood` (design.md §3).
+- ``posterior_log_lik``: mean log p_β(x|z⁺), constant included.
+
+The held-out log-likelihood log p(x) is the common protocol's (`lebm_jax.measure.loglik`), the same for
+every run, never the run's own training ladder.
 """
 
 from __future__ import annotations
@@ -32,26 +33,21 @@ class Heldout:
     name = "heldout"
     prefix = "heldout/"
 
-    def __init__(self, model: LatentEBM, posterior_chain: ChainSpec, test_images: np.ndarray, every: int,
-                 ti_ladder: tuple[int, float] | None = None):
-        """``test_images``: uint8 (M, H, W, C); ``ti_ladder``: (num_temps, power) for log_px, or None."""
+    def __init__(self, model: LatentEBM, posterior_chain: ChainSpec, test_images: np.ndarray, every: int):
+        """``test_images``: uint8 (M, H, W, C)."""
         self.every = every
         self.info = {"num_images": int(test_images.shape[0])}
         self._x = jnp.asarray(to_float(test_images))
 
         @jax.jit
         def fn(params, x, key):
-            k_post, k_ti = jax.random.split(key)
+            k_post, _ = jax.random.split(key)  # the second key was the run's own TI ladder's, kept for equal draws
             z = sampling.posterior_latents(model, posterior_chain, params, x, k_post).z
             recon = model.generate(params["gen"], z)
-            out = {
+            return {
                 "recon_mse": jnp.mean((recon - x) ** 2),
                 "posterior_log_lik": jnp.mean(model.log_likelihood(params["gen"], x, z)),
             }
-            if ti_ladder is not None:
-                est = sampling.ti_log_likelihood(model, posterior_chain, params, x, k_ti, *ti_ladder)
-                out["log_px"] = jnp.mean(est["log_px"])
-            return out
 
         self._fn = fn
 
@@ -61,9 +57,8 @@ class Heldout:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, context: Context) -> "Heldout":
-        ladder = (config.ti.num_temps, config.ti.power) if config.eval.heldout_log_px else None
         return cls(context.model, context.objective.posterior_chain, context.data.test[: config.num_heldout],
-                   cls.schedule(config), ladder)
+                   cls.schedule(config))
 
     def __call__(self, params: Params, key: jax.Array) -> dict[str, float]:
         return {name: float(v) for name, v in host_value(self._fn(params, self._x, key)).items()}

@@ -16,6 +16,7 @@ import ml_collections
 from lebm_jax.measure.base import Context, Evaluator
 from lebm_jax.measure.gradient_stats import GradientStats
 from lebm_jax.measure.heldout import Heldout
+from lebm_jax.measure.loglik import LogLikelihood
 from lebm_jax.measure.sample_quality import SampleQuality
 
 
@@ -34,6 +35,7 @@ EVALUATORS: dict[str, EvaluatorClass] = {
     "heldout": Heldout,
     "sample_quality": SampleQuality,
     "gradstats": GradientStats,
+    "loglik": LogLikelihood,
 }
 
 

@@ -22,10 +22,12 @@ FULL_SCALE_BATCH_SIZES = (25, 50, 200)  # vanilla, besides the training config's
 
 def full_scale(name: str, train_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The study's own settings around a full training config: N = 10 rungs, p ∈ FULL_SCALE_POWERS,
-    five seeds, vanilla also at FULL_SCALE_BATCH_SIZES; Inception FID every 5,000 steps."""
+    five seeds, vanilla also at FULL_SCALE_BATCH_SIZES; Inception FID every 5,000 steps; the held-out
+    log-likelihood protocol (its default settings, the same for every run) every 10,000 steps."""
     c = ml_collections.ConfigDict()
     c.name = name
     train_config.eval.feature_space = "inception"
+    train_config.loglik.every = 10_000
     c.train = train_config
     c.vanilla = True
     c.batch_sizes = FULL_SCALE_BATCH_SIZES

@@ -92,8 +92,10 @@ class RunKeys(NamedTuple):
 def run_keys(seed: int) -> RunKeys:
     k_init, k_steps, k_heldout, k_samples = jax.random.split(jax.random.key(seed), 4)
     k_quality, k_gradstats = jax.random.split(jax.random.fold_in(k_heldout, 2**32 - 1))  # no step reaches it
+    # The log-likelihood protocol draws from config.loglik.seed, the same for every run; its key here is unused.
+    k_loglik = jax.random.fold_in(k_heldout, 2**32 - 2)
     return RunKeys(k_init, k_steps, k_samples,
-                   {"heldout": k_heldout, "sample_quality": k_quality, "gradstats": k_gradstats})
+                   {"heldout": k_heldout, "sample_quality": k_quality, "gradstats": k_gradstats, "loglik": k_loglik})
 
 
 def evaluator_key(keys: RunKeys, name: str, step: int) -> jax.Array:

@@ -62,7 +62,7 @@ TRASH = "_deleting"  # subdirectory old checkpoints are moved into before they a
 # and everything else (seed, data, model, chains, ladder, optimiser, batch size, variant) changes the
 # training itself. Those need ``--allow_config_change``; SHAPE_FIELDS never resume.
 RESUMABLE_FIELDS = (
-    "num_steps", "log_every", "checkpoint_every", "sample_every", "eval.every", "gradstats.every",
+    "num_steps", "log_every", "checkpoint_every", "sample_every", "eval.every", "gradstats.every", "loglik.every",
     "max_to_keep", "num_samples",
 )
 ALLOW_FLAG = "--allow_config_change"  # the command-line flag of experiments/train.py that allows a change

@@ -85,7 +85,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.kid_subset_size = 1000
     c.eval.batch_size = 500  # images per generation / feature batch
     c.eval.infinity = False  # also FID∞ / KID∞ (costs several FD and KID evaluations)
-    c.eval.heldout_log_px = True  # TI estimate of log p(x) on the held-out images (config.ti's ladder)
+    c.eval.fd_bootstrap = 20  # resamples of the generated set for the FD's standard error; 0 = none
+
+    # The held-out log-likelihood protocol (lebm_jax.measure.loglik, design.md §9): one ladder, sampler and
+    # set of keys for every run, whatever its variant and training ladder, with TI and AIS on the same sweep
+    # and the bias and variance of the run's own training estimator against it.
+    c.loglik = ml_collections.ConfigDict()
+    c.loglik.every = 0  # steps between protocol evaluations during training; 0 = never
+    c.loglik.num_examples = 100  # the first held-out (test) images
+    c.loglik.num_temps = 101  # rungs; odd, so that every other rung is the half ladder of the convergence check
+    c.loglik.power = 4.0  # t_i = (i/(N-1))^p: dense near the prior, where E_t is steep
+    c.loglik.steps_per_rung = 10  # MALA steps at each rung of the TI ladder
+    c.loglik.ais_substeps = 40  # AIS rungs per TI interval (one MALA step at each but the last)
+    c.loglik.num_chains = 4  # sweeps per example
+    c.loglik.prior_steps = 100  # MALA steps on p_α before the first rung
+    c.loglik.target_accept = 0.6  # MALA acceptance the pilot sweep tunes each rung's step size to
+    c.loglik.train_draws = 4  # draws of the run's own training estimator for its bias and variance; 0 = skip
+    c.loglik.seed = 0  # the protocol's keys: the same for every run, whatever config.seed
 
     # Variance of the learning gradient during training (lebm_jax.core.gradstats, design.md §5).
     c.gradstats = ml_collections.ConfigDict()
@@ -128,6 +144,30 @@ def _positive_int(value) -> bool:
 
 def _positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+
+
+def validate_loglik(c: ml_collections.ConfigDict, bad=None) -> None:
+    """Raises ValueError naming the first invalid field of a ``loglik`` block (the held-out protocol)."""
+    if bad is None:
+        def bad(field: str, value, why: str):
+            raise ValueError(f"config.{field}={value!r}: {why}")
+
+    for field in ("every", "train_draws", "seed"):
+        if not (_positive_int(c[field]) or c[field] == 0):
+            bad(f"loglik.{field}", c[field], "must be an int >= 0")
+    if c.train_draws == 1:
+        bad("loglik.train_draws", c.train_draws, "must be 0 (skip) or >= 2 (a variance needs two draws)")
+    for field in ("num_examples", "steps_per_rung", "ais_substeps", "prior_steps"):
+        if not _positive_int(c[field]):
+            bad(f"loglik.{field}", c[field], "must be an int >= 1")
+    if not (_positive_int(c.num_chains) and c.num_chains >= 2):
+        bad("loglik.num_chains", c.num_chains, "must be an int >= 2 (the AIS weights and rung variances need two)")
+    if not (_positive_int(c.num_temps) and c.num_temps >= 5 and c.num_temps % 2 == 1):
+        bad("loglik.num_temps", c.num_temps, "must be an odd int >= 5 (every other rung forms the half ladder)")
+    if not _positive(c.power):
+        bad("loglik.power", c.power, "must be a finite number > 0")
+    if not (isinstance(c.target_accept, float) and 0.0 < c.target_accept < 1.0):
+        bad("loglik.target_accept", c.target_accept, "must be a float in (0, 1)")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -208,9 +248,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             bad(f"eval.{field}", config.eval[field], "must be an int >= 1")
     if config.eval.num_samples < 2:
         bad("eval.num_samples", config.eval.num_samples, "must be >= 2 (a covariance needs two samples)")
-    for field in ("infinity", "heldout_log_px"):
-        if not isinstance(config.eval[field], bool):
-            bad(f"eval.{field}", config.eval[field], "must be True or False")
+    if not isinstance(config.eval.infinity, bool):
+        bad("eval.infinity", config.eval.infinity, "must be True or False")
+    if not (_positive_int(config.eval.fd_bootstrap) or config.eval.fd_bootstrap == 0) or (
+            config.eval.fd_bootstrap == 1):
+        bad("eval.fd_bootstrap", config.eval.fd_bootstrap, "must be 0 (none) or an int >= 2 (a standard error)")
+    validate_loglik(config.loglik, bad)
     if not (_positive_int(config.gradstats.num_draws) and config.gradstats.num_draws >= 2):
         bad("gradstats.num_draws", config.gradstats.num_draws, "must be an int >= 2 (a variance needs two draws)")
     if not _positive_int(config.gradstats.num_batches):

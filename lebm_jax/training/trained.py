@@ -4,10 +4,11 @@
     model = Trained.load("runs/digits")              # latest checkpoint (or step=...)
     images = model.generate(jax.random.key(0), 64)   # (64, H, W, C) in [-1, 1]
     z = model.posterior(images, jax.random.key(1))   # z ~ p(z|x), (64, nz); t=0.5 for π_t
-    est = model.log_likelihood(images, jax.random.key(2), num_temps=20)  # TI estimate of log p(x)
+    est = model.log_likelihood(images)               # log p(x): the held-out protocol's TI and AIS
+    est = model.training_log_likelihood(images, jax.random.key(2), num_temps=20)  # a training ladder's TI
 
 Every method is jitted once per distinct argument shape; the chain settings are the run's config
-(``prior_chain``, ``posterior_chain``, ``ti``) unless overridden.
+(``prior_chain``, ``posterior_chain``, ``ti``, ``loglik``) unless overridden.
 
 Inputs are checked on the host before anything is traced (`lebm_jax.data.images.as_model_images`): images
 must be (B, H, W, C) of the model's shape, uint8 in [0, 255] or floats in [-1, 1], finite. Floats with no
@@ -28,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lebm_jax.core import sampling
+from lebm_jax.core import annealing, sampling
 from lebm_jax.core.model import LatentEBM
 from lebm_jax.data.images import as_model_images
+from lebm_jax.measure.loglik import sweep_spec
 from lebm_jax.training import build
 from lebm_jax.training import config as config_lib
 from lebm_jax.training.checkpoint import Checkpointer, abstract_like
@@ -61,7 +63,7 @@ class Trained:
     workdir: str
 
     @classmethod
-    def load(cls, workdir: str, step: int | None = None) -> "Trained":
+    def load(cls, workdir: str, step: int | None = None) -> Trained:
         """The parameters of ``workdir``'s checkpoint at ``step`` (default: the latest)."""
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: is it a training workdir?")
@@ -144,15 +146,35 @@ class Trained:
         z = self._jitted["posterior"](self.params, x, key, jnp.float32(1.0))
         return self._jitted["decode"](self.params, z)
 
-    def log_likelihood(
+    def log_likelihood(self, x, key: Array | None = None, *, assume_range: str | None = None,
+                       **settings) -> annealing.SweepResult:
+        """log p(x) per image by the held-out protocol (`lebm_jax.core.annealing.estimate`, design.md §9):
+        TI and AIS from one annealed MALA sweep, with the per-image diagnostics of `annealing.SweepResult`.
+
+        Settings are the run's ``config.loglik`` (num_temps, power, steps_per_rung, ais_substeps,
+        num_chains, prior_steps, target_accept), any of them overridden by keyword; ``key`` defaults to
+        the protocol's own (``loglik.seed``), as the evaluator uses. x as for `posterior`.
+        """
+        x = self._images(x, "Trained.log_likelihood", assume_range)
+        config = ml_collections.ConfigDict(self.config.loglik.to_dict())
+        unknown = sorted(set(settings) - set(config))
+        if unknown:
+            raise ValueError(f"Trained.log_likelihood: unknown setting(s) {unknown}; known: {sorted(config)}")
+        config.update(settings)
+        config_lib.validate_loglik(config)
+        key = jax.random.split(jax.random.key(config.seed))[0] if key is None else key
+        return annealing.estimate(self.model, self.params, x, key, sweep_spec(config))
+
+    def training_log_likelihood(
         self, x, key: Array, num_temps: int | None = None, power: float | None = None, num_chains: int = 1,
         *, assume_range: str | None = None,
     ) -> dict:
-        """TI estimate of log p(x) per image: {"log_px": (B,), "rung_log_lik": (N, B)[, "log_px_friel"]}.
+        """TI estimate of log p(x) per image: {"log_px": (B,), "rung_log_lik": (N, B)[, "friel_reliable",
+        "log_px_friel"]} (the Friel-corrected value NaN where `annealing.friel_reliable` refuses it).
 
         Defaults to the run's ladder (config.ti); the posterior chain settings are the run's. x as for `posterior`.
         """
-        x = self._images(x, "Trained.log_likelihood", assume_range)
+        x = self._images(x, "Trained.training_log_likelihood", assume_range)
         n = int(num_temps if num_temps is not None else self.config.ti.num_temps)
         pw = float(power if power is not None else self.config.ti.power)
         return self._jitted["ti"](self.params, x, key, n, pw, int(num_chains))
