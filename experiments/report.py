@@ -1,4 +1,5 @@
-r"""The report of a variance study: figures, summary table (CSV and Markdown) and report.md.
+r"""The report of a variance study: figures, summary table (CSV and Markdown), the groups' differences from
+the reference group (differences.csv) and report.md.
 
     python -m experiments.report --workdir runs/study [--out runs/study/report]
 

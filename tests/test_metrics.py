@@ -19,6 +19,17 @@ Cubic-kernel MMD². For independent X ~ N(a, A), Y ~ N(b, B) in R^d, u = XᵀY: 
 
 E k(X, Y) = 1 + 3 E u/d + 3 E u²/d² + E u³/d³, and MMD² = E k(X, X') + E k(Y, Y') − 2 E k(X, Y).
 
+Bootstrap SE of the FD against fixed reference statistics N(μ_r, diag b), generated N(μ_g, diag a), n rows: by
+the delta method (Δμ̂ ~ N(Δμ, diag a/n); the sample variances â_i have variance 2a_i²/(n − 1) and, to first
+order, only the diagonal of Σ̂ moves tr (Σ̂ Σ_r)^{1/2} = Σ_i √(â_i b_i) + O(off-diagonal²)),
+
+    Var FD ≈ (4/n) Σ_i Δμ_i² a_i + Σ_i (1 − √(b_i/a_i))² · 2a_i²/(n − 1),
+
+and to second order, with c_i = √(a_i b_i) (tr Σ̂/n from the mean; Jensen on √â_i; the off-diagonal entries' shift
+of the eigenvalues of Σ_r^{1/2} Σ̂ Σ_r^{1/2}),
+
+    E FD − FD_exact ≈ Σ_i a_i/n + Σ_i c_i/(2(n − 1)) + Σ_{i<j} c_i c_j/((n − 1)(c_i + c_j)).
+
 OLS: with K sizes, x = 1/N and iid N(0, σ²) noise, Var(intercept) = σ²(1/K + x̄²/Σ(x − x̄)²); the reported
 se² = s²(1/K + x̄²/Σ(x − x̄)²) has s² ~ σ² χ²_{K−2}/(K − 2): mean Var(intercept), variance 2Var²/(K − 2).
 """
@@ -186,6 +197,40 @@ def test_frechet_distance_sampling_bias_in_one_dimension():
     m, se = mean_and_se(between)
     check_close("E FD(sample, sample') = 2σ²/n + 2σ²(1 − c4²)", m,
                 2 * sigma**2 / n + 2 * sigma**2 * (1 - c4(n) ** 2), se)
+
+
+def test_fd_bootstrap_se_matches_the_spread_over_independent_generated_sets():
+    rng = np.random.default_rng(22)
+    a, b = np.array([1.0, 2.0, 0.5, 3.0]), np.array([1.5, 1.0, 1.0, 2.0])  # generated, reference variances
+    mu_g, mu_r = np.array([0.5, 0.0, -0.3, 1.0]), np.zeros(4)
+    n, reps, sets, resamples = 1000, 400, 40, 20
+    exact = np.sum((mu_g - mu_r) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)  # the populations' FD, 1.749
+    delta_sd = np.sqrt(4 / n * np.sum((mu_g - mu_r) ** 2 * a) + np.sum((1 - np.sqrt(b / a)) ** 2 * 2 * a**2 / (n - 1)))
+    fds, ses = [], []
+    for r in range(reps):
+        x = mu_g + rng.normal(size=(n, 4)) * np.sqrt(a)
+        fds.append(metrics.frechet_distance(*metrics.feature_statistics(x), mu_r, np.diag(b)))
+        if r < sets:
+            ses.append(metrics.frechet_distance_se(x, mu_r, np.diag(b), resamples, seed=r))
+    fds, ses = np.array(fds), np.array(ses)
+    spread = fds.std(ddof=1)  # 0.124
+    spread_se = spread / np.sqrt(2 * (reps - 1))
+    c = np.sqrt(a * b)
+    bias = a.sum() / n + c.sum() / (2 * (n - 1)) + sum(
+        c[i] * c[j] / ((n - 1) * (c[i] + c[j])) for i in range(4) for j in range(i + 1, 4))  # 0.013
+    check_close("E FD over generated sets = exact FD + its O(1/n) bias", fds.mean(), exact + bias,
+                spread / np.sqrt(reps))
+    check_close("SD of FD over independent sets = delta-method SD", spread, delta_sd, spread_se)
+    m, m_se = mean_and_se(ses**2)
+    check_close("E bootstrap SE² = Var FD over independent sets", m, spread**2, np.hypot(m_se, 2 * spread * spread_se))
+    assert 1 / 1.5 < np.sqrt(m) / spread < 1.5
+    # deterministic in the seed; another seed resamples differently
+    x = mu_g + rng.normal(size=(n, 4)) * np.sqrt(a)
+    one = metrics.frechet_distance_se(x, mu_r, np.diag(b), resamples, seed=3)
+    assert metrics.frechet_distance_se(x, mu_r, np.diag(b), resamples, seed=3) == one
+    assert metrics.frechet_distance_se(x, mu_r, np.diag(b), resamples, seed=4) != one
+    with pytest.raises(ValueError, match="num_resamples=1"):
+        metrics.frechet_distance_se(x, mu_r, np.diag(b), 1)
 
 
 # ---------------------------------------------------------------- KID
@@ -495,4 +540,9 @@ def test_sample_quality_scalars():
     kid = metrics.kernel_inception_distance(gen, ref.features, 5, 30, 0)
     assert (inception["kid"], inception["kid_std"]) == kid
     assert set(metrics.sample_quality(gen, ref, "inception", kid_subsets=2, kid_subset_size=10)) == {
-        "fid", "kid", "kid_std", "precision", "recall"}
+        "fid", "kid", "kid_std", "precision", "recall"}  # fd_bootstrap = 0: no standard error
+    kw = dict(kid_subsets=2, kid_subset_size=10, fd_bootstrap=7, seed=3)
+    inception, classifier = (metrics.sample_quality(gen, ref, space, **kw) for space in ("inception", "classifier"))
+    assert inception["fid_se"] == classifier["fd_se_classifier"] == metrics.frechet_distance_se(
+        gen, ref.mu, ref.sigma, 7, seed=3)
+    assert 0 < inception["fid_se"] < inception["fid"]

@@ -2,9 +2,10 @@
 
 ``eval.num_samples`` images g_β(z), z ~ p_α (the prior chain), are embedded in a feature space
 (`lebm_jax.measure.features`) and compared with the training split's reference statistics
-(`lebm_jax.measure.metrics`): Fréchet distance, KID, precision/recall, optionally FID∞/KID∞. In
-Inception space the names are ``fid``, ``kid``, ...; in the data set's classifier space
-``fd_classifier``, ``kid_classifier``, ... (never "fid").
+(`lebm_jax.measure.metrics`): Fréchet distance with its bootstrap standard error over
+``eval.fd_bootstrap`` resamples of the generated set (0: none), KID, precision/recall, optionally
+FID∞/KID∞. In Inception space the names are ``fid``, ``fid_se``, ``kid``, ...; in the data set's classifier
+space ``fd_classifier``, ``fd_se_classifier``, ``kid_classifier``, ... (never "fid").
 """
 
 from __future__ import annotations
@@ -69,6 +70,6 @@ class SampleQuality:
         infinity = self.config.infinity if infinity is None else infinity
         out = metrics.sample_quality(
             feats, self.reference, self.space.name, kid_subsets=self.config.kid_subsets,
-            kid_subset_size=self.config.kid_subset_size, infinity=infinity,
+            kid_subset_size=self.config.kid_subset_size, infinity=infinity, fd_bootstrap=self.config.fd_bootstrap,
         )
         return {name: float(v) for name, v in out.items()}

@@ -4,6 +4,7 @@
     sample_quality.png          the sample-quality Fréchet distance against iteration
     quality_vs_variance.png     that distance against the gradient variance, with a least-squares trend
     loglik_variance.png         variance of the generator's loss estimate over MCMC draws against iteration
+    training_estimate.png       bias and variance of each run's training estimate of log p(x) against iteration
     ti_schedule.png             the temperature ladders t_i = (i/(N−1))^p and the TI integrand E_t against t
     samples.png                 the final sample grid of each group
 
@@ -27,8 +28,8 @@ from matplotlib.ticker import NullFormatter
 from PIL import Image
 
 from lebm_jax.study.report.load import Run
-from lebm_jax.study.report.stats import (PARTS, Point, QualityNames, Trend, fit_trend, quality_variance_points,
-                                         series, ti_integrand)
+from lebm_jax.study.report.stats import (CONFIDENCE, PARTS, Point, QualityNames, Trend, fit_trend, mean_se_series,
+                                         quality_variance_points, series, ti_integrand)
 
 DPI = 100
 
@@ -47,7 +48,8 @@ class FigureData:
 
 def figure_data(groups: dict[str, list[Run]], names: QualityNames) -> FigureData:
     """The points, trends, TI integrands and final sample grids of the study's groups."""
-    points = {part: quality_variance_points(groups, names.key("fd"), f"gradstats/total_var/{part}")
+    points = {part: quality_variance_points(groups, names.key("fd"), f"gradstats/total_var/{part}",
+                                            names.key("fd_se"))
               for part in PARTS} if names.space else {}
     trends = {part: fit_trend(pts) for part, pts in points.items()}
     integrands = {}
@@ -106,8 +108,16 @@ def plot_gradient_variance(groups: dict[str, list[Run]], path: str, mcmc: bool =
     return _save(fig, path)
 
 
+def _error_bars(ax, steps, mean, se, colour):
+    """±se bars where se is finite (a run that logs no standard error draws none)."""
+    ok = np.isfinite(se)
+    if ok.any():
+        ax.errorbar(steps[ok], mean[ok], yerr=se[ok], color=colour, linestyle="none", capsize=2, linewidth=0.8)
+
+
 def plot_sample_quality(groups: dict[str, list[Run]], names: QualityNames, path: str) -> str | None:
-    """The sample-quality Fréchet distance against iteration, mean over seeds with a min–max band."""
+    """The sample-quality Fréchet distance against iteration, mean over seeds with a min–max band and ±1
+    standard error bars of that mean from the runs' bootstrap standard errors (where logged)."""
     if names.space is None:
         return None
     key = names.key("fd")
@@ -117,6 +127,7 @@ def plot_sample_quality(groups: dict[str, list[Run]], names: QualityNames, path:
     fig, axes = _figure(5.5, 3.6)
     for group, runs in groups.items():
         _band(axes[0], *series(runs, key), colours[group], group, marker="o", markersize=3)
+        _error_bars(axes[0], *mean_se_series(runs, key, names.key("fd_se")), colours[group])
     axes[0].set(xlabel="iteration", ylabel=names.long("fd"))
     axes[0].legend(fontsize=7)
     return _save(fig, path)
@@ -124,9 +135,10 @@ def plot_sample_quality(groups: dict[str, list[Run]], names: QualityNames, path:
 
 def plot_quality_vs_variance(points: dict[str, list[Point]], trends: dict[str, Trend | None],
                              group_order: list[str], names: QualityNames, path: str) -> str | None:
-    """Distance against gradient variance (log x), one panel per part: a dot per run and evaluation step,
-    a large marker per group and step at the mean over seeds with min–max bars in both coordinates, and
-    the least-squares trend of distance on log10 variance across runs at their last common step."""
+    """Distance against gradient variance (log x), one panel per part: a dot per run and evaluation step
+    (with ±1 bootstrap standard error bars where logged), a large marker per group and step at the mean over
+    seeds with min–max bars in both coordinates, and the least-squares trend of distance on log10 variance
+    across runs at their last common step, its slope's t interval in the legend."""
     if not any(points.values()):
         return None
     colours = _colours(group_order)
@@ -139,6 +151,11 @@ def plot_quality_vs_variance(points: dict[str, list[Point]], trends: dict[str, T
                 continue
             ax.scatter([p.variance for p in mine], [p.distance for p in mine], s=14, color=colours[group],
                        alpha=0.6, linewidths=0)
+            with_se = [p for p in mine if np.isfinite(p.distance_se)]
+            if with_se:
+                ax.errorbar([p.variance for p in with_se], [p.distance for p in with_se],
+                            yerr=[p.distance_se for p in with_se], color=colours[group], alpha=0.6,
+                            linestyle="none", linewidth=0.6)
             for i, step in enumerate(sorted({p.step for p in mine})):
                 at = [p for p in mine if p.step == step]
                 x, y = np.array([p.variance for p in at]), np.array([p.distance for p in at])
@@ -149,8 +166,10 @@ def plot_quality_vs_variance(points: dict[str, list[Point]], trends: dict[str, T
         if trend is not None:
             at = [p.variance for p in pts if p.step == trend.step]
             xs = np.logspace(*np.log10([min(at), max(at)]), 50)
+            lo, hi = trend.ci
+            ci = f" ({CONFIDENCE:.0%} CI {lo:.3g} to {hi:.3g})" if np.isfinite(lo) else ""
             ax.plot(xs, trend.intercept + trend.slope * np.log10(xs), color="black", linewidth=1,
-                    label=f"fit at step {trend.step}: slope {trend.slope:.4g} per decade")
+                    label=f"fit at step {trend.step}: slope {trend.slope:.4g} per decade{ci}")
         ax.set(xscale="log", xlabel="total gradient variance", ylabel=names.long("fd"), title=title)
         if pts and max(p.variance for p in pts) > 10 * min(p.variance for p in pts):
             ax.xaxis.set_minor_formatter(NullFormatter())  # over a decade, the 10^k labels suffice
@@ -170,6 +189,28 @@ def plot_loglik_variance(groups: dict[str, list[Run]], path: str) -> str | None:
         _band(axes[0], *series(runs, key, True), colours[group], group)
     axes[0].set(yscale="log", xlabel="iteration", ylabel="variance over MCMC draws",
                 title="loss estimate: ti −log p̂(x), vanilla −log p(x|z⁺)")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_training_estimate(groups: dict[str, list[Run]], path: str) -> str | None:
+    """The run's own training estimate of log p(x) against the held-out protocol's TI, against iteration:
+    left its bias (loglik/train_bias; mean over seeds, min–max band, ±1 standard error bars of the mean from
+    the runs' own), right its variance over chain draws (loglik/train_var, log y)."""
+    bias, var = "loglik/train_bias", "loglik/train_var"
+    if not any(series(runs, k)[0].size for runs in groups.values() for k in (bias, var)):
+        return None
+    colours = _colours(groups)
+    fig, axes = _figure(9.0, 3.6, ncols=2)
+    for group, runs in groups.items():
+        _band(axes[0], *series(runs, bias), colours[group], group, marker="o", markersize=3)
+        _error_bars(axes[0], *mean_se_series(runs, bias, "loglik/train_bias_se"), colours[group])
+        _band(axes[1], *series(runs, var, True), colours[group], group, marker="o", markersize=3)
+    axes[0].axhline(0.0, color="grey", linewidth=0.5, linestyle=":")
+    axes[0].set(xlabel="iteration", ylabel="training estimate − protocol TI",
+                title="bias of the training estimate of log p(x)")
+    axes[1].set(yscale="log", xlabel="iteration", ylabel="variance over chain draws",
+                title="variance of the training estimate")
     axes[0].legend(fontsize=7)
     return _save(fig, path)
 
@@ -212,6 +253,7 @@ _DRAWN: tuple[tuple[str, str, Callable[[FigureData, str], str | None]], ...] = (
     ("quality_vs_variance", "quality_vs_variance.png",
      lambda d, path: plot_quality_vs_variance(d.points, d.trends, list(d.groups), d.names, path)),
     ("loglik_variance", "loglik_variance.png", lambda d, path: plot_loglik_variance(d.groups, path)),
+    ("training_estimate", "training_estimate.png", lambda d, path: plot_training_estimate(d.groups, path)),
     ("ti_schedule", "ti_schedule.png", lambda d, path: plot_ti_schedule(d.integrands, path)),
     ("samples", "samples.png", lambda d, path: plot_samples(d.grids, path)),
 )

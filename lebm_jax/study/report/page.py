@@ -2,21 +2,28 @@
 page (`report_page`) that shows each figure with how to read it, the table, and the machine.
 
 It writes into <study>/report/ (or ``out_dir``) the figures of `figures.FIGURES` that have data,
-summary.csv and summary.md (`table`) and report.md; a figure without data is not written and the page
-says so.
+summary.csv, differences.csv and summary.md (`table`) and report.md; a figure without data is not written
+and the page says so. Every sentence that compares is generated from the numbers with their uncertainty
+(`stats`): a trend is called distinguishable from zero only when its confidence interval excludes zero, and
+a group difference beyond the seed spread only when it exceeds twice its standard error; the page says how
+often the latter happens by chance.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 from lebm_jax.study.layout import REPORT_DIR
-from lebm_jax.study.report.figures import FIGURES, draw_figures, figure_data
-from lebm_jax.study.report.load import Run, Study, group_runs, load_study
-from lebm_jax.study.report.stats import PARTS, QualityNames, Trend, quality_names
-from lebm_jax.study.report.table import summary_columns, summary_csv, summary_markdown, summary_rows
+from lebm_jax.study.report.figures import FIGURES, FigureData, draw_figures, figure_data
+from lebm_jax.study.report.load import Study, group_runs, load_study
+from lebm_jax.study.report.stats import (CONFIDENCE, PARTS, SPREAD_FACTOR, ProtocolCheck, QualityNames, Trend,
+                                         chance_beyond, protocol_check, quality_names)
+from lebm_jax.study.report.table import (Column, differences_csv, summary_columns, summary_csv, summary_differences,
+                                         summary_markdown, summary_rows)
 
 SUMMARY_CSV = "summary.csv"
+DIFFERENCES_CSV = "differences.csv"
 SUMMARY_MD = "summary.md"
 PAGE = "report.md"
 
@@ -46,12 +53,139 @@ def _figure_section(title: str, key: str, written: dict, text: str, missing: str
     return lines + [""]
 
 
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def _seeds(lo: int, hi: int) -> str:
+    count = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    return f"{count} seed{'' if hi == 1 else 's'} per group"
+
+
+def trend_sentence(distance: str, part: str, trend: Trend | None) -> str:
+    """One sentence on the fit of ``distance`` on log10 of the ``part`` gradient variance: the slope with its
+    t interval, p-value, runs and seeds, and the bootstrap-over-runs interval; "distinguishable from zero"
+    only when the t interval excludes zero, and then as an association only."""
+    variance = f"the {PARTS[part]} gradient variance"
+    if trend is None:
+        return f"{distance} against {variance}: too few runs with distinct variances for a fit."
+    runs = f"{trend.n} runs, {_seeds(*trend.seeds)}, at step {trend.step}"
+    slope = f"slope {trend.slope:.3g} per decade of variance"
+    if trend.excludes_zero is None:
+        return (f"{distance} against {variance}: {slope} ({runs}): too few runs for a confidence interval "
+                "(it needs 3), so no claim either way.")
+    (lo, hi), (blo, bhi) = trend.ci, trend.bootstrap_ci
+    level = f"{CONFIDENCE:.0%}"
+    detail = (f"{slope} ({level} CI {lo:.3g} to {hi:.3g}, {_p(trend.p_value)}, {runs}; "
+              f"bootstrap over runs {level} CI {blo:.3g} to {bhi:.3g})")
+    if not trend.excludes_zero:
+        return f"{distance} against {variance}: {detail}: not distinguishable from zero."
+    text = (f"{distance} {'falls' if trend.slope < 0 else 'rises'} as {variance} grows: {detail}: "
+            f"distinguishable from zero at the {1 - CONFIDENCE:.0%} level.")
+    if math.isfinite(blo) and blo <= 0.0 <= bhi:
+        text += " The bootstrap interval contains zero, though: the evidence rests on the fit's normal errors."
+    return text + (" An association across runs, not a cause: the groups differ in more than their gradient "
+                   "variance.")
+
+
+def difference_sentences(rows: list[dict], columns: list[Column]) -> list[str]:
+    """Per group, which differences from the reference group are beyond the seed spread (with Δ ± SE), which
+    within it and which cannot be judged; then how many would be marked beyond by chance alone."""
+    reference, diffs = summary_differences(rows, columns)
+    if not diffs:
+        return []
+    headers = {c.stem: c.header for c in columns}
+    lines, judged = [], 0
+    for group, by_stem in diffs.items():
+        found = {v: [(headers[s], d) for s, d in by_stem.items() if d is not None and d.verdict == v]
+                 for v in ("beyond", "within", "n/a")}
+        judged += len(found["beyond"]) + len(found["within"])
+        parts = []
+        if found["beyond"]:
+            parts.append("beyond the seed spread in " + ", ".join(f"{h} ({d.delta:+.3g} ± {d.se:.2g})"
+                                                                   for h, d in found["beyond"]))
+        if found["within"]:
+            parts.append(("within it" if found["beyond"] else "within the seed spread") + " in "
+                         + ", ".join(h for h, _ in found["within"]))
+        if found["n/a"]:
+            parts.append("not judged (fewer than 2 seeds) in " + ", ".join(h for h, _ in found["n/a"]))
+        text = "; ".join(parts) or "no metric in common"
+        lines.append(f"- {group} against {reference}: {text.rstrip('.')}.")
+    seeds = [row["seeds"] for row in rows if row["seeds"] >= 2]
+    if judged and seeds:
+        n = min(seeds)
+        chance = chance_beyond(n)
+        with_seeds = f"{n} seeds per group" if len(set(seeds)) == 1 else f"as few as {n} seeds in a group"
+        lines += ["", f"With {with_seeds}, a difference passes {SPREAD_FACTOR:g} standard errors by chance "
+                  f"alone with probability {chance:.2g} (Student-t with {2 * (n - 1)} degrees of freedom, equal "
+                  f"spreads); of the {judged} differences judged here, about {judged * chance:.1f} would be marked "
+                  "beyond with no real difference anywhere. A marker of size, not a significance test."]
+    return lines
+
+
+def protocol_sentences(check: ProtocolCheck | None, reference: str | None = None,
+                       ti_differences: list[float] = ()) -> list[str]:
+    """What the held-out log-likelihood protocol's self-checks show, or that no run logged it.
+    ``ti_differences``: each group's final mean log p̂(x) by TI minus ``reference``'s, against which the
+    half-ladder check is read (the standard error over examples measures which images were drawn, not the
+    estimator's own error, so it is not the yardstick)."""
+    if check is None:
+        return ["No run logged the held-out log-likelihood protocol (loglik/…): the table's log p̂(x) columns "
+                "are empty."]
+    lines = [f"{check.runs} runs logged the protocol; the standard error over held-out examples of a run's TI "
+             f"estimate is {check.ti_se[0]:.2g} to {check.ti_se[1]:.2g}."]
+    if math.isfinite(check.max_ti_minus_ais):
+        if check.ais_disagrees:
+            lines.append(f"TI and AIS differ by more than {SPREAD_FACTOR:g} standard errors in "
+                         f"{len(check.ais_disagrees)} of {check.runs} runs ({', '.join(check.ais_disagrees)}; "
+                         f"largest |TI − AIS| = {check.max_ti_minus_ais:.3g}): there the protocol has not "
+                         "converged, and at least one of the two is off by half the difference or more.")
+        else:
+            lines.append(f"TI and AIS agree within {SPREAD_FACTOR:g} standard errors in every run (largest "
+                         f"|TI − AIS| = {check.max_ti_minus_ais:.3g}).")
+    if math.isfinite(check.max_half_diff):
+        text = f"Halving the ladder moves a run's TI estimate by at most {check.max_half_diff:.3g}"
+        if ti_differences:
+            smallest = min(abs(d) for d in ti_differences)
+            text += (f", less than the smallest difference of a group's mean from {reference}'s ({smallest:.3g})"
+                     if check.max_half_diff < smallest else
+                     f", not less than the smallest difference of a group's mean from {reference}'s ({smallest:.3g}):"
+                     " a difference that small cannot be told from the ladder's discretisation")
+        lines.append(text + ".")
+    if math.isfinite(check.ess[0]) or math.isfinite(check.accept[0]):
+        lines.append(f"AIS effective-sample fraction {check.ess[0]:.2g} to {check.ess[1]:.2g}; MALA acceptance "
+                     f"{check.accept[0]:.2g} to {check.accept[1]:.2g}.")
+    return [" ".join(lines)]
+
+
+def training_estimate_sentences(rows: list[dict]) -> list[str]:
+    """Per group, the training estimator's final bias against the protocol's TI with the standard error of
+    the seeds' mean from the runs' own (RMS SE / √runs), whether it is beyond twice that from zero, and its
+    variance over chain draws."""
+    lines = []
+    for row in rows:
+        bias, var = row["stats"].get("loglik_train_bias"), row["stats"].get("loglik_train_var")
+        if bias is None:
+            continue
+        se = bias.se / math.sqrt(bias.count)
+        spread = f", seed std {bias.std:.3g}" if math.isfinite(bias.std) else ""
+        if not math.isfinite(se):
+            verdict = "no standard error logged, so no claim about its sign"
+        elif abs(bias.mean) > SPREAD_FACTOR * se:
+            verdict = f"{'above' if bias.mean > 0 else 'below'} the protocol's TI by more than {SPREAD_FACTOR:g} SE"
+        else:
+            verdict = f"within {SPREAD_FACTOR:g} SE of zero: no bias shown at this precision"
+        variance = f"; variance over chain draws {var.mean:.3g}" if var is not None else ""
+        lines.append(f"- {row['group']}: bias {bias.mean:+.3g} (SE {se:.2g}{spread}): {verdict}{variance}.")
+    return lines
+
+
 def make_report(study_workdir: str, out_dir: str | None = None, *, machine=None,
                 wall_seconds: float | None = None) -> dict[str, str]:
-    """Writes the study's figures, summary.csv, summary.md and report.md into ``out_dir`` (default
-    <study>/report). ``machine`` / ``wall_seconds`` default to study.json's. Returns {name: path} of the
-    files written: the keys of FIGURES that had data, "summary_csv", "summary_md" and "report".
-    Raises ValueError naming the directory when it holds no runs."""
+    """Writes the study's figures, summary.csv, differences.csv, summary.md and report.md into ``out_dir``
+    (default <study>/report). ``machine`` / ``wall_seconds`` default to study.json's. Returns {name: path}
+    of the files written: the keys of FIGURES that had data, "summary_csv", "differences_csv", "summary_md"
+    and "report". Raises ValueError naming the directory when it holds no runs."""
     study = load_study(study_workdir)
     out_dir = os.path.abspath(out_dir or os.path.join(study.directory, REPORT_DIR))
     os.makedirs(out_dir, exist_ok=True)
@@ -64,12 +198,13 @@ def make_report(study_workdir: str, out_dir: str | None = None, *, machine=None,
     rows = summary_rows(groups, columns)
     table = summary_markdown(rows, columns)
     for key, name, text in [("summary_csv", SUMMARY_CSV, summary_csv(rows, columns)),
+                            ("differences_csv", DIFFERENCES_CSV, differences_csv(*summary_differences(rows, columns))),
                             ("summary_md", SUMMARY_MD, table)]:
         written[key] = os.path.join(out_dir, name)
         with open(written[key], "w", newline="") as f:
             f.write(text)
 
-    page = report_page(study, groups, names, written, data.trends, data.integrands, table,
+    page = report_page(study, data, rows, columns, written, table,
                        machine if machine is not None else study.record.get("machine"),
                        wall_seconds if wall_seconds is not None else study.record.get("wall_seconds"))
     written["report"] = os.path.join(out_dir, PAGE)
@@ -78,10 +213,11 @@ def make_report(study_workdir: str, out_dir: str | None = None, *, machine=None,
     return written
 
 
-def report_page(study: Study, groups: dict[str, list[Run]], names: QualityNames, written: dict,
-                trends: dict[str, Trend | None], integrands: dict, table: str, machine, wall_seconds) -> str:
-    """The Markdown page: what was run, each figure with how to read it, the table, the machine."""
-    runs = study.runs
+def report_page(study: Study, data: FigureData, rows: list[dict], columns: list[Column], written: dict,
+                table: str, machine, wall_seconds) -> str:
+    """The Markdown page: what was run, each figure with how to read it and what its numbers show, the
+    differences between groups, the table, the machine."""
+    runs, groups, names = study.runs, data.groups, data.names
     unfinished = [r.name for r in runs if not r.finished]
     lines = [f"# Variance study: {study.name}", ""]
     lines += [
@@ -95,7 +231,9 @@ def report_page(study: Study, groups: dict[str, list[Run]], names: QualityNames,
     if study.not_started:
         lines.append(f"- not started (no metrics yet): {', '.join(study.not_started)}")
     lines += ["", "Curves are the mean over a group's seeds; shaded bands span the minimum to the maximum over "
-              "seeds. Non-finite values are left out of means, fits and log scales.", "", "## Figures", ""]
+              "seeds, error bars ±1 standard error of that mean from the runs' own standard errors (measurement "
+              "noise only, where logged). Non-finite values are left out of means, fits and log scales.", "",
+              "## Figures", ""]
 
     lines += _figure_section(
         "Gradient variance", "gradient_variance", written,
@@ -107,20 +245,22 @@ def report_page(study: Study, groups: dict[str, list[Run]], names: QualityNames,
     fd = names.short("fd") if names.space else "the sample-quality distance"
     lines += _figure_section(
         "Sample quality", "sample_quality", written,
-        f"{names.long('fd') if names.space else ''} of generated samples against iteration. Lower is better; "
-        "differences smaller than the spread of a group's band are within seed-to-seed variation.",
+        f"{names.long('fd') if names.space else ''} of generated samples against iteration. Lower is better. "
+        "Error bars: the bootstrap standard error over the generated samples (measurement noise alone); the "
+        "band adds training noise between seeds. Which final differences exceed the seed spread is listed "
+        "under Differences between groups.",
         "no run logged a sample-quality Fréchet distance (eval/…).")
-    slopes = "; ".join(f"{PARTS[p]}: slope {t.slope:.4g} per decade of variance over {t.n} runs at step {t.step}"
-                       for p, t in trends.items() if t is not None) or "too few points for a fit"
+    trend_text = " ".join(trend_sentence(fd, part, data.trends.get(part)) for part in PARTS)
     lines += _figure_section(
         f"{fd} against gradient variance", "quality_vs_variance", written,
         f"Each small dot is one run at one evaluation step where both {fd} and the gradient variance were "
-        f"measured (matched by step); large markers are a group's mean over seeds at that step, with bars from "
-        f"the smallest to the largest seed in both coordinates. A single {fd} measurement logs no standard "
-        f"error, so the seed spread (training and measurement noise together) is the only error shown, and "
-        f"dots carry none. Black line: least squares of {fd} on log10 of the variance across the runs at their "
-        f"last common evaluation step, one dot per run ({slopes}); earlier steps sit at high {fd} for every "
-        f"variant, and fitting them too would mix training progress into the trend.",
+        f"measured (matched by step), with ±1 bootstrap standard error of its {fd} where logged (resampling the "
+        f"generated samples: measurement noise, not training noise); large markers are a group's mean over seeds "
+        f"at that step, with bars from the smallest to the largest seed in both coordinates. Black line: least "
+        f"squares of {fd} on log10 of the variance across the runs at their last common evaluation step, one "
+        f"dot per run; earlier steps sit at high {fd} for every variant, and fitting them too would mix training "
+        f"progress into the trend. The slope's interval treats runs as independent points; the bootstrap "
+        f"interval resamples the runs.\n\n{trend_text}",
         "no step has both a sample-quality distance and a gradient variance.")
     lines += _figure_section(
         "Variance of the log-likelihood estimate", "loglik_variance", written,
@@ -128,7 +268,22 @@ def report_page(study: Study, groups: dict[str, list[Run]], names: QualityNames,
         "For ti it is the variance of the TI estimate −log p̂(x); for vanilla that of −log p(x|z⁺) at one "
         "posterior sample, a different quantity; compare ti groups with each other.",
         "no run logged gradstats/loss_var/gen.")
-    steps = sorted({s for (_, _, s) in integrands.values()})
+    reference, diffs = summary_differences(rows, columns)
+    ti_differences = [d["loglik_ti"].delta for d in diffs.values() if d.get("loglik_ti") is not None]
+    lines += ["### Held-out log-likelihood protocol", ""]
+    lines += protocol_sentences(protocol_check(runs), reference, ti_differences) + [""]
+    lines += _figure_section(
+        "Bias and variance of the training estimate of log p(x)", "training_estimate", written,
+        "Left: each run's own training estimator of log p(x) (ti: the trapezoid on its training ladder; "
+        "vanilla: E log p(x|z⁺) over posterior samples) minus the held-out protocol's TI estimate on the same "
+        "examples, mean over examples, against iteration; error bars ±1 standard error over examples. Right: "
+        "the training estimator's variance over chain draws, mean over examples, log scale.",
+        "no run logged loglik/train_bias or loglik/train_var.")
+    bias_lines = training_estimate_sentences(rows)
+    if bias_lines:
+        lines += ["The training estimate against the protocol at the last logged step, mean over seeds (SE: of "
+                  "that mean, from the runs' own standard errors over examples):", ""] + bias_lines + [""]
+    steps = sorted({s for (_, _, s) in data.integrands.values()})
     lines += _figure_section(
         "Temperature ladders and the TI integrand", "ti_schedule", written,
         "Left: the rungs t_i = (i/(N−1))^p of each ti group (dotted: p = 1); p < 1 packs rungs near the "
@@ -141,7 +296,13 @@ def report_page(study: Study, groups: dict[str, list[Run]], names: QualityNames,
         "The last sample grid of each group's first seed (prior Langevin chain, then the generator mean).",
         "no run wrote samples/samples_*.png.")
 
-    lines += ["## Summary", "", "Also as [summary.csv](summary.csv) and [summary.md](summary.md).", "", table]
+    differences = difference_sentences(rows, columns)
+    if differences:
+        lines += ["## Differences between groups", "",
+                  f"Final means against the reference group; beyond the seed spread: |Δ| > {SPREAD_FACTOR:g} "
+                  "standard errors of the difference, √(s₁²/n₁ + s₂²/n₂) over seeds.", ""] + differences + [""]
+    lines += ["## Summary", "", "Also as [summary.csv](summary.csv), [differences.csv](differences.csv) and "
+              "[summary.md](summary.md).", "", table]
     machine_lines = _machine_lines(machine, wall_seconds)
     if machine_lines:
         lines += ["## Machine and time", ""] + machine_lines + [""]

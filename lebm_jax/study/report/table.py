@@ -1,5 +1,7 @@
-"""The summary table: one row per group, each column a final metric as mean ± std over seeds, as CSV
-(summary.csv) and Markdown (summary.md). Both depend only on the study's files (no timestamps).
+"""The summary table: one row per group, each column a final metric as mean ± std over seeds (with the
+runs' own standard error where the metric logs one), as CSV (summary.csv) and Markdown (summary.md); and
+each group's differences from the reference group, marked as within or beyond the seed spread
+(differences.csv and a second Markdown table). All depend only on the study's files (no timestamps).
 """
 
 from __future__ import annotations
@@ -11,25 +13,36 @@ import math
 
 from lebm_jax.study.layout import number
 from lebm_jax.study.report.load import Run
-from lebm_jax.study.report.stats import QualityNames, Stat, final_stat, wall_stat
+from lebm_jax.study.report.stats import (SPREAD_FACTOR, Difference, QualityNames, Stat, difference, final_stat,
+                                         reference_group, wall_stat)
 
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """A summary column: the logged key, the CSV stem (``<stem>_mean``, ``<stem>_std``) and its header."""
+    """A summary column: the logged key, the CSV stem (``<stem>_mean``, ``<stem>_std``, with ``se_key``
+    also ``<stem>_se``), its header, the key of the standard error the metric logs beside it, and whether
+    groups are compared on it (diagnostics of the measurement itself are not)."""
 
     key: str
     stem: str
     header: str
+    se_key: str | None = None
+    compare: bool = True
 
 
 def summary_columns(names: QualityNames) -> list[Column]:
     quality = []
     if names.space is not None:
-        quality = [Column(names.key(m), names.column(m), names.short(m)) for m in ("fd", "kid", "precision", "recall")]
+        quality = [Column(names.key("fd"), names.column("fd"), names.short("fd"), names.key("fd_se"))]
+        quality += [Column(names.key(m), names.column(m), names.short(m)) for m in ("kid", "precision", "recall")]
     return quality + [
         Column("heldout/recon_mse", "recon_mse", "held-out recon. MSE"),
-        Column("heldout/log_px", "log_px", "held-out log p̂(x)"),
+        Column("loglik/ti", "loglik_ti", "held-out log p̂(x) by TI", "loglik/ti_se"),
+        Column("loglik/ais", "loglik_ais", "held-out log p̂(x) by AIS", "loglik/ais_se"),
+        Column("loglik/ti_minus_ais", "loglik_ti_minus_ais", "TI − AIS", "loglik/ti_minus_ais_se", compare=False),
+        Column("loglik/ti_half_diff", "loglik_ti_half_diff", "TI full − half ladder", compare=False),
+        Column("loglik/train_bias", "loglik_train_bias", "training-estimate bias", "loglik/train_bias_se"),
+        Column("loglik/train_var", "loglik_train_var", "training-estimate var."),
         Column("gradstats/total_var/ebm", "total_var_ebm", "grad. var. EBM"),
         Column("gradstats/total_var/gen", "total_var_gen", "grad. var. gen."),
         Column("gradstats/loss_var/gen", "loss_var_gen", "loss-estimate var."),
@@ -55,41 +68,77 @@ def summary_rows(groups: dict[str, list[Run]], columns: list[Column]) -> list[di
             "seeds": len(runs),
             "unfinished": sum(not r.finished for r in runs),
             "steps": str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}",
-            "stats": {c.stem: final_stat(runs, c.key) for c in columns},
+            "stats": {c.stem: final_stat(runs, c.key, c.se_key) for c in columns},
             "wall": wall_stat(runs),
         })
     return rows
 
 
+def summary_differences(rows: list[dict], columns: list[Column]) -> tuple[str | None, dict[str, dict]]:
+    """(reference group, {group: {stem: Difference or None}}): each other group's final mean minus the
+    reference group's on every compared column (`stats.difference`)."""
+    reference = reference_group(row["group"] for row in rows)
+    ref = next((row for row in rows if row["group"] == reference), None)
+    diffs = {row["group"]: {c.stem: difference(row["stats"][c.stem], ref["stats"][c.stem])
+                            for c in columns if c.compare}
+             for row in rows if row["group"] != reference}
+    return reference, diffs
+
+
 def summary_csv(rows: list[dict], columns: list[Column]) -> str:
     """CSV text: group, variant, power, batch_size, seeds, unfinished, steps, then <stem>_mean, <stem>_std
-    per column (sample std, ddof = 1; empty when undefined), wall_seconds_mean, wall_seconds_std."""
+    (sample std over seeds, ddof = 1) and, for a column with a logged standard error, <stem>_se (root mean
+    square of the runs' own) per column, empty when undefined; then wall_seconds_mean, wall_seconds_std."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    stems = [c.stem for c in columns] + ["wall_seconds"]
+    fields = [(c.stem, ("mean", "std", "se") if c.se_key else ("mean", "std")) for c in columns]
+    fields.append(("wall_seconds", ("mean", "std")))
     writer.writerow(["group", "variant", "power", "batch_size", "seeds", "unfinished", "steps"]
-                    + [f"{s}_{m}" for s in stems for m in ("mean", "std")])
+                    + [f"{s}_{m}" for s, ms in fields for m in ms])
     for row in rows:
         stats = {**row["stats"], "wall_seconds": row["wall"]}
         cells = [row[k] for k in ("group", "variant", "power", "batch_size", "seeds", "unfinished", "steps")]
-        for s in stems:
+        for s, ms in fields:
             stat = stats[s]
-            cells += [_g(stat.mean), _g(stat.std)] if stat is not None else ["", ""]
+            cells += [_g(getattr(stat, m)) if stat is not None else "" for m in ms]
         writer.writerow(cells)
     return out.getvalue()
 
 
+def differences_csv(reference: str | None, diffs: dict[str, dict[str, Difference | None]]) -> str:
+    """CSV text, one line per group and compared column: group, reference, metric (the column's stem),
+    delta (group mean − reference mean), se (√(s1²/n1 + s2²/n2), empty with fewer than two seeds),
+    verdict (beyond, within or n/a). Columns a group or the reference did not log are left out."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "reference", "metric", "delta", "se", "verdict"])
+    for group, by_stem in diffs.items():
+        for stem, d in by_stem.items():
+            if d is not None:
+                writer.writerow([group, reference, stem, _g(d.delta), _g(d.se), d.verdict])
+    return out.getvalue()
+
+
 def format_stat(stat: Stat | None) -> str:
-    """"mean ± std" (4 and 3 significant digits), "mean" for one value, "—" for none."""
+    """"mean ± std" (4 and 3 significant digits), "mean" for one value, "—" for none; then " (SE se)"
+    when the runs logged a standard error."""
     if stat is None:
         return "—"
-    if not math.isfinite(stat.std):
-        return f"{stat.mean:.4g}"
-    return f"{stat.mean:.4g} ± {stat.std:.3g}"
+    text = f"{stat.mean:.4g}" if not math.isfinite(stat.std) else f"{stat.mean:.4g} ± {stat.std:.3g}"
+    return text + (f" (SE {stat.se:.2g})" if math.isfinite(stat.se) else "")
+
+
+def format_difference(d: Difference | None) -> str:
+    """"Δ ± se: verdict" (Δ with its sign), "Δ: n/a" without se, "—" when either group lacks the metric."""
+    if d is None:
+        return "—"
+    if not math.isfinite(d.se):
+        return f"{d.delta:+.3g}: n/a"
+    return f"{d.delta:+.3g} ± {d.se:.2g}: {d.verdict}"
 
 
 def summary_markdown(rows: list[dict], columns: list[Column]) -> str:
-    """The table as Markdown, with a legend under it."""
+    """The table as Markdown, with a legend under it, then the differences from the reference group."""
     header = ["group", "seeds", "steps"] + [c.header for c in columns] + ["wall time per run (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
@@ -100,10 +149,34 @@ def summary_markdown(rows: list[dict], columns: list[Column]) -> str:
     lines += [
         "",
         "Final values (each run's last logged finite value) as mean ± sample standard deviation (ddof = 1) over "
-        "seeds; — : not logged. Gradient variances are total variances averaged over parameter coordinates; "
-        "the loss-estimate variance is the per-example variance over MCMC draws of the generator loss "
-        "(−log p̂(x) for ti, −log p(x|z⁺) for vanilla). Wall time: done.json of finished runs (a resumed run "
-        "counts its last attempt). Unfinished runs report their last logged step.",
+        "seeds; — : not logged. (SE …): the root mean square of the runs' own standard errors of that value, one "
+        "run's measurement error, to hold against the seed spread: for the Fréchet distance a bootstrap over the "
+        "generated samples, for the held-out log-likelihoods the standard error of the mean over held-out "
+        "examples. Held-out log p̂(x) is estimated on one common protocol for every run (the same test images, "
+        "ladder, sampler and keys), by thermodynamic integration (TI) and by annealed importance sampling (AIS) "
+        "on the same sweep; TI − AIS (paired over examples) and TI full − half ladder (the estimate on every "
+        "rung minus on every other rung) check the protocol's own convergence and should be small against the "
+        "differences between groups. Training-estimate bias: the run's own training estimator of log p(x) (ti: "
+        "the trapezoid on its training ladder; vanilla: E log p(x|z⁺) over posterior samples) minus the protocol's "
+        "TI, mean over examples; training-estimate var.: its variance over chain draws, mean over examples. "
+        "Gradient variances are total variances averaged over parameter coordinates; the loss-estimate variance "
+        "is the per-example variance over MCMC draws of the generator loss (−log p̂(x) for ti, −log p(x|z⁺) for "
+        "vanilla). Wall time: done.json of finished runs (a resumed run counts its last attempt). Unfinished "
+        "runs report their last logged step.",
     ]
+    reference, diffs = summary_differences(rows, columns)
+    compared = [c for c in columns if c.compare]
+    if diffs:
+        header = ["group"] + [c.header for c in compared]
+        lines += ["", f"Differences from {reference}:", "",
+                  "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        for group, by_stem in diffs.items():
+            lines.append("| " + " | ".join([group] + [format_difference(by_stem[c.stem]) for c in compared]) + " |")
+        lines += [
+            "",
+            f"Group mean minus {reference}'s mean ± the standard error of that difference from both groups' seed "
+            f"spreads, √(s₁²/n₁ + s₂²/n₂). beyond: |Δ| > {SPREAD_FACTOR:g} standard errors; within: not; n/a: "
+            "fewer than 2 seeds in a group, so no spread to compare with. A marker of size, not a significance "
+            "test: with few seeds and many columns some differences pass it by chance (see report.md).",
+        ]
     return "\n".join(lines) + "\n"
-
