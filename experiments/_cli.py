@@ -122,6 +122,9 @@ def run(main: Callable[[list[str]], object], on_interrupt: str = "") -> None:
             if message is None or _TRACEBACK.value:
                 raise
             _print(f"error: {message}")
+            # Keep the error one line: a library can leave objects whose clean-up fails at interpreter exit
+            # (an abandoned reader of a damaged checkpoint prints "Exception ignored in: <coroutine ...>").
+            sys.unraisablehook = lambda unraisable: None
             sys.exit(ERROR_EXIT)
 
     def parse(argv):

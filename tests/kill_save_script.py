@@ -1,5 +1,7 @@
 """``python -m experiments.train`` with a hook that stops the process inside a checkpoint save, for
-tests/test_kill_during_save.py: the test SIGKILLs it there.
+tests/test_kill_during_save.py: the test SIGKILLs it there. The test runs it as a plain script or
+forked from tests/harness.py's server; either way it installs the hook and then runs the entry
+point's module as ``__main__``.
 
     python tests/kill_save_script.py --config ... --workdir ... [--config.<key>=<value> ...]
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import sys
 import time
 from pathlib import Path
@@ -119,12 +122,8 @@ def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo))
     install(hook, int(os.environ["LEBM_KILL_STEP"]), os.environ["LEBM_KILL_MARKER"])
-
-    from absl import app
-
-    from experiments import train
-
-    app.run(train.main)
+    # then exactly what ``python -m experiments.train`` runs (its _cli.run, its exit statuses)
+    runpy.run_module("experiments.train", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

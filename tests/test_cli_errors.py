@@ -2,7 +2,13 @@
 ``error: ...``, naming the path, field or value and what to do; a non-zero exit; no traceback (unless
 --traceback); nothing created or changed on disk. Ctrl-C: one line, exit status 130.
 
-Every case runs the entry point in a subprocess and fails before training; they run a few at a time.
+Every case runs an entry point in a process of its own and fails before training. Most are forked from
+tests/harness.py's server, which imported jax, orbax, TensorFlow and the library once: each child runs
+``-m experiments.<entry>`` as ``__main__`` with its own stdout and stderr (one file), as ``python -m``
+does, and exits with the interpreter's status. Two cases (an unknown config field, a checkpoint that
+cannot be read) also run as plain subprocesses, to check the exit status and the one line through the
+interpreter's own start-up and shutdown (no exit-time noise after the error), and that the forked run
+gives the same status and line; Ctrl-C runs as a plain subprocess.
 """
 
 import hashlib
@@ -16,10 +22,16 @@ from pathlib import Path
 
 import pytest
 
+from harness import ForkServer, spawn
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 # log lines of absl (I1202 12:00:00.0 ...), of TensorFlow's C++ start-up, and interpreter-exit noise
 NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|Exception ignored|.*likely shutting down)")
+# what the entry points import before they fail, imported once by the fork server (no jax backend)
+PRELOAD = ["jax", "orbax.checkpoint", "lebm_jax.training.loop", "lebm_jax.training.offline", "lebm_jax.api",
+           "lebm_jax.study.runner", "experiments._cli"]
+PLAIN = ("unknown_field", "corrupt_checkpoint")  # run both ways
 
 
 def env() -> dict:
@@ -32,20 +44,22 @@ def start(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, **kwargs)
 
 
-def run_all(commands: dict[str, list[str]], logs: Path, at_once: int = 4) -> dict[str, tuple[int, str]]:
-    """{name: (exit status, output)} of each command, ``at_once`` at a time."""
+def run_all(commands: dict[str, list[str]], logs: Path) -> dict[str, tuple[int, str]]:
+    """{name: (exit status, output)} of each command forked from a fork server, and of the PLAIN ones
+    also as plain subprocesses ({name + "@plain": ...}), all side by side."""
     logs.mkdir(exist_ok=True)
-    results, names = {}, list(commands)
-    for i in range(0, len(names), at_once):
-        procs = {n: start(commands[n], logs / f"{n}.log") for n in names[i:i + at_once]}
-        for name, proc in procs.items():
-            try:
-                proc.wait(TIMEOUT_S)
-            except subprocess.TimeoutExpired:
+    procs = {f"{name}@plain": spawn(name, ["-m", *commands[name]], env(), logs / f"{name}@plain.log")
+             for name in PLAIN}
+    server = ForkServer(env(), PRELOAD, logs / "server.log")
+    try:
+        for name, args in commands.items():
+            procs[name] = server.start(name, ["-m", *args], logs / f"{name}.log", timeout=TIMEOUT_S)
+        return {name: (proc.wait(TIMEOUT_S), proc.output) for name, proc in procs.items()}
+    finally:
+        server.close()
+        for proc in procs.values():
+            if proc.poll() is None:
                 proc.kill()
-                proc.wait()
-            results[name] = (proc.returncode, (logs / f"{name}.log").read_text())
-    return results
 
 
 def error_line(rc: int, output: str, *phrases: str) -> str:
@@ -74,7 +88,8 @@ TRAIN = ["experiments.train", "--config", "configs/digits.py", "--config.num_ste
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
-    """Every failing command run once: {name: (exit status, output)}, plus the paths they were given."""
+    """Every failing command run once (PLAIN ones twice), side by side: {name: (exit status, output)},
+    the paths they were given, and snapshots of those paths before and after."""
     root = tmp_path_factory.mktemp("cli")
     paths = {
         "file": root / "a_file.txt",  # a file given as a workdir, or as a folder above one
@@ -108,7 +123,18 @@ def cases(tmp_path_factory):
     return results, paths, before, after
 
 
+def test_plain_and_forked_runs_fail_alike(cases):
+    """A plain ``python -m`` process and a child of the fork server: the same exit status and error line."""
+    results = cases[0]
+    for name in PLAIN:
+        (rc, output), (plain_rc, plain_output) = results[name], results[f"{name}@plain"]
+        assert rc == plain_rc, (name, rc, plain_rc)
+        assert error_line(rc, output) == error_line(plain_rc, plain_output), name
+
+
 def test_unknown_config_field_is_named_with_the_fields_there_are(cases):
+    """An unknown --config.<field>: named, with the nearest field and the fields there are; exit status 2;
+    with --traceback, the traceback."""
     results, paths, _, _ = cases
     line = error_line(*results["unknown_field"], "--config.modle.ngf=3", "unknown config field 'modle'",
                       'Did you mean "model"?', "fields of config are:", "batch_size")
@@ -118,10 +144,12 @@ def test_unknown_config_field_is_named_with_the_fields_there_are(cases):
 
 
 def test_invalid_config_value_is_named(cases):
+    """A config value out of range: the field, its value and the rule it breaks."""
     error_line(*cases[0]["bad_value"], "config.model.latent_dim=0", "must be an int >= 1")
 
 
 def test_a_workdir_that_is_a_file_or_under_one_is_refused_and_left_alone(cases):
+    """A --workdir that is a file, or lies under one (train, study): refused, the file unchanged."""
     results, paths, before, after = cases
     file = str(paths["file"])
     error_line(*results["workdir_is_file"], f"--workdir={file}", "is a file", "must be a directory")
@@ -133,10 +161,12 @@ def test_a_workdir_that_is_a_file_or_under_one_is_refused_and_left_alone(cases):
 
 
 def test_a_missing_data_set_is_named(cases):
+    """A data.path that does not exist: the flag, the file and what is wrong."""
     error_line(*cases[0]["missing_data"], "data.path=", "missing.npz", "no such .npz file")
 
 
 def test_a_checkpoint_that_cannot_be_read_is_named_and_kept(cases):
+    """A checkpoint whose config cannot be read: named, and left byte for byte as it was."""
     results, paths, before, after = cases
     step = paths["corrupt"] / "checkpoints" / "3"
     error_line(*results["corrupt_checkpoint"], f"checkpoint {step}", "cannot be read", "left untouched")
@@ -144,6 +174,8 @@ def test_a_checkpoint_that_cannot_be_read_is_named_and_kept(cases):
 
 
 def test_sample_refuses_a_bad_count_and_a_workdir_without_checkpoints(cases):
+    """sample: --num below 1 is a command-line error (status 2); a workdir without checkpoints is named
+    and left as it was."""
     results, paths, before, after = cases
     line = error_line(*results["sample_num"], "--num=-1")
     assert results["sample_num"][0] == 2, line
@@ -153,17 +185,20 @@ def test_sample_refuses_a_bad_count_and_a_workdir_without_checkpoints(cases):
 
 
 def test_evaluate_refuses_a_missing_workdir(cases):
+    """evaluate: a workdir that does not exist is named."""
     results, paths, _, _ = cases
     error_line(*results["evaluate_missing_workdir"], f"{paths['new']} has no checkpoints/ directory")
 
 
 def test_refused_commands_create_no_workdir(cases):
+    """No refused command created its --workdir (nor a folder under the file)."""
     _, paths, _, _ = cases
     assert not paths["new"].exists()
     assert not (paths["file"].parent / "a_file.txt" / "sub").exists()
 
 
 def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
+    """SIGINT once main() runs (a plain subprocess): exit status 130 and one line saying how to resume."""
     log = tmp_path / "train.log"
     proc = start([*TRAIN[:-1], "--config.num_steps=100000", f"--workdir={tmp_path / 'w'}"], log)
     try:

@@ -1,11 +1,15 @@
-"""SIGKILL inside a checkpoint save, and twenty SIGKILLs at random moments of one run.
+"""SIGKILL inside a checkpoint save, and twenty SIGKILLs at random moments of one run's training.
 
-Every run is a fresh process on the tiny model of tests/test_resume.py (same settings, same random
-.npz data set) and a shared persistent XLA compilation cache. The processes that must die inside a
-save run ``tests/kill_save_script.py``: the plain entry point with one orbax or Checkpointer call
-wrapped so that, at a chosen step, the process writes part of that step's checkpoint, writes a marker
-file and sleeps; the test waits for the marker and SIGKILLs the process, so the kill lands inside the
-save every time (no timing luck). Each resume is the plain ``python -m experiments.train``.
+The runs train the tiny model of tests/test_resume.py (same settings, same random .npz data set from
+tests/harness.py) with a shared persistent XLA compilation cache. The uninterrupted reference run is a
+plain ``python -m experiments.train`` process; every other run is a new process forked from
+tests/harness.py's server, which imported jax and the library once (no jax backend yet), and runs
+either ``-m experiments.train`` or ``tests/kill_save_script.py`` as ``__main__``, as the interpreter would:
+each is its own process in its own session, SIGKILLed for real, and its only link to the next is the
+workdir. The processes that must die inside a save run kill_save_script.py: the plain entry point with
+one orbax or Checkpointer call wrapped so that, at a chosen step, the process writes part of that
+step's checkpoint, writes a marker file and sleeps; the test waits for the marker and SIGKILLs the
+process, so the kill lands inside the save every time (no timing luck).
 
 - ``test_kill_inside_a_save_loses_nothing_else``: killed (a) after the arrays of step K are written and
   before its config and checksum are, (b) with every item written, just before the rename that commits
@@ -13,28 +17,31 @@ save every time (no timing luck). Each resume is the plain ``python -m experimen
   out. Each time: the unfinished directory is on disk and never listed, every listed checkpoint is
   complete (its SHA-256 matches, its state is the reference's bit for bit), metrics.jsonl holds the
   reference's rows up to the last complete checkpoint, and the resumed run starts there and ends
-  bit-exact with the uninterrupted run, leaving no temporary or half-deleted directory.
-- ``test_twenty_random_kills_end_bit_exact``: one run killed 20 times, each process at a moment drawn
-  uniformly (seeded) over the lifetime it would have had, then finished by a 21st process: the same
-  final state and metrics as the uninterrupted run. Marked ``slow`` (it still runs under ``pytest -q``).
+  bit-exact with the uninterrupted run, leaving no temporary or half-deleted directory. The three
+  run side by side; the checks after a kill read a copy of the workdir taken right after it, while
+  the resume runs on the workdir itself.
+- ``test_twenty_random_kills_end_bit_exact``: one run killed 20 times, each process once it has printed
+  its first training step, at a moment drawn (seeded) over the steps and saves still ahead of it, then
+  finished by a 21st process: the same final state and metrics as the uninterrupted run. Marked
+  ``slow`` (it still runs under ``pytest -q``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from harness import ForkServer, Proc, spawn, subprocess_env, write_blob_npz
 from lebm_jax.training.checkpoint import TRASH, Checkpointer, state_digest
 from test_resume import (
     TINY,
@@ -50,126 +57,104 @@ from test_resume import (
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().parent / "kill_save_script.py"
 TIMEOUT_S = 400  # per process: a cold compilation on a busy 2-core machine takes minutes; a hang fails
-NUM_STEPS = 12  # every run here: 2 epochs of 6 steps (a new permutation and a learning-rate decay at 7),
-# a checkpoint after each step; short, since 21 start-ups of ~10-25 s dominate the random-kill test
+NUM_STEPS = 24  # every run here: 4 epochs of 6 steps (a new permutation and a learning-rate decay at 7,
+# 13, 19), a checkpoint after each step; enough steps for 20 kills to land at many of them
 MAX_TO_KEEP = 3  # so saves delete old checkpoints, and kills can land in deletions
 KILL_STEP = 5  # the step whose save the hooks stop (with max_to_keep 3 it pushes step 2 out)
 NUM_KILLS = 20
-STEP_LINE = re.compile(r"^step \d+/", re.M)
+STEP_LINE = re.compile(r"^step (\d+)/", re.M)  # printed by the loop after each step, before its save
+KILL_ENV = ("LEBM_KILL_HOOK", "LEBM_KILL_STEP", "LEBM_KILL_MARKER")
+# imported once by the fork server; the children import the rest (experiments.train, the hooks)
+PRELOAD = ["jax", "numpy", "orbax.checkpoint", "lebm_jax.training.loop", "experiments._cli"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Processes
 
 
-class Proc:
-    """One training process in its own session; stdout and stderr go to files in the log folder."""
+def first_step(proc: Proc) -> int | None:
+    """The step of the first "step n/N" line the process printed, or None."""
+    found = STEP_LINE.search(proc.stdout)
+    return int(found.group(1)) if found else None
 
-    def __init__(self, name: str, args: list[str], env: dict, logs: Path):
-        self.name = name
-        self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
-        self.started = time.monotonic()
-        self.first_step_s: float | None = None  # seconds from start to the first "step n/N" line seen
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
 
-    def kill(self) -> None:
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def watch(self) -> None:
-        """Notes when the first training step is printed (the loop prints each step before saving it)."""
-        if self.first_step_s is None and STEP_LINE.search(self.stdout):
-            self.first_step_s = time.monotonic() - self.started
-
-    def wait(self, timeout: float = TIMEOUT_S) -> int:
-        deadline = self.started + timeout
-        while self.popen.poll() is None:
-            if time.monotonic() > deadline:
-                self.kill()
-                self.popen.wait()
-                pytest.fail(f"{self.name} did not finish within {timeout} s; its log:\n{self.tail()}")
-            self.watch()
-            time.sleep(0.05)
-        self.watch()
-        return self.popen.returncode
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text()
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join((self.stdout + self.stderr).splitlines()[-n:])
+def wait_for_first_step(proc: Proc) -> int:
+    """Waits for the process's first step line (its start-up is over); fails if it exits first."""
+    while (first := first_step(proc)) is None:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.name} exited ({proc.returncode}) before its first step:\n{proc.tail()}")
+        if time.monotonic() - proc.started > TIMEOUT_S:
+            pytest.fail(f"{proc.name}: no training step within {TIMEOUT_S} s:\n{proc.tail()}")
+        time.sleep(0.005)
+    return first
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory, request):
-    """test_resume's data set and settings, a shared compilation cache, and a way to start runs."""
+    """test_resume's data set and settings, a shared compilation cache, a fork server, a way to start
+    runs (``plain`` as a subprocess, ``start`` forked from the server), and the reference run, started
+    at once (as a plain process) so that it runs while the server imports and the first runs go."""
     root = tmp_path_factory.mktemp("kill_save")
-    rng = np.random.default_rng(0)  # the same blobs on noise as tests/test_resume.py
-    yy, xx = np.mgrid[:16, :16]
-    centres = rng.uniform(4, 12, size=(64, 2))
-    blobs = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 8.0)
-    images = np.clip(blobs * 220 + rng.uniform(0, 35, size=blobs.shape), 0, 255).astype(np.uint8)[..., None]
-    np.savez(root / "data.npz", images=images)
-    (root / "logs").mkdir()
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["JAX_PLATFORMS"] = "cpu"
-    cache = getattr(request.config, "cache", None)  # the same cache folder as test_resume.py
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache.mkdir("lebm_jax_xla") if cache else root / "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags)
-    for name in ("LEBM_KILL_HOOK", "LEBM_KILL_STEP", "LEBM_KILL_MARKER"):
-        env.pop(name, None)
-    procs: list[Proc] = []
+    write_blob_npz(root / "data.npz")
+    logs = root / "logs"
+    logs.mkdir()
+    env = subprocess_env(request, root, drop=KILL_ENV)
+    server = ForkServer(env, PRELOAD, logs / "server.log")
+    plain: list[Proc] = []
 
     class Harness:
         path = root
         settings = {**TINY, "data.path": str(root / "data.npz"), "num_steps": NUM_STEPS}
 
         @staticmethod
-        def start(name: str, workdir: Path, hook: tuple[str, int, Path] | None = None, **changes) -> Proc:
-            """The plain entry point, or with ``hook`` = (hook, step, marker) kill_save_script.py."""
+        def args(workdir: Path, entry: list[str], changes: dict) -> list[str]:
             settings = {**Harness.settings, **{k.replace("__", "."): v for k, v in changes.items()}}
-            entry = ["-m", "experiments.train"] if hook is None else [str(SCRIPT)]
-            args = [sys.executable, *entry, "--config", str(REPO / "configs" / "digits.py"),
-                    "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in settings.items())]
-            run_env = dict(env)
-            if hook is not None:
-                run_env.update(LEBM_KILL_HOOK=hook[0], LEBM_KILL_STEP=str(hook[1]), LEBM_KILL_MARKER=str(hook[2]))
-            proc = Proc(name, args, run_env, root / "logs")
-            procs.append(proc)
+            return [*entry, "--config", str(REPO / "configs" / "digits.py"), "--workdir", str(workdir),
+                    *(f"--config.{k}={v}" for k, v in settings.items())]
+
+        @staticmethod
+        def plain(name: str, workdir: Path, **changes) -> Proc:
+            """``python -m experiments.train`` in a subprocess of its own."""
+            proc = spawn(name, Harness.args(workdir, ["-m", "experiments.train"], changes), env,
+                         logs / f"{name}.out", logs / f"{name}.err")
+            plain.append(proc)
             return proc
 
-    yield Harness
-    for proc in procs:  # nothing outlives the module, whatever happened
-        if proc.popen.poll() is None:
-            proc.kill()
-            proc.popen.wait()
+        @staticmethod
+        def start(name: str, workdir: Path, hook: tuple[str, int, Path] | None = None, **changes) -> Proc:
+            """``-m experiments.train``, or with ``hook`` = (hook, step, marker) kill_save_script.py, forked."""
+            entry = ["-m", "experiments.train"] if hook is None else [str(SCRIPT)]
+            extra = {} if hook is None else dict(zip(KILL_ENV, (hook[0], str(hook[1]), str(hook[2]))))
+            return server.start(name, Harness.args(workdir, entry, changes), logs / f"{name}.out",
+                                logs / f"{name}.err", env_changes=extra, timeout=TIMEOUT_S)
+
+    Harness.reference = Harness.plain("reference", root / "reference", max_to_keep=100)
+    try:
+        yield Harness
+    finally:  # nothing outlives the module, whatever happened
+        server.close()
+        for proc in plain:
+            if proc.poll() is None:
+                proc.kill()
+                proc.popen.wait()
 
 
 @pytest.fixture(scope="module")
 def reference(harness):
-    """An uninterrupted run of NUM_STEPS steps keeping every checkpoint, and its timing:
-    (workdir, seconds to its first step line, seconds per step once compiled)."""
+    """An uninterrupted run of NUM_STEPS steps keeping every checkpoint, as a plain process, and its
+    pace: (workdir, seconds from the first step line to the second (the first save in a process, then
+    a step), seconds per step and save after that)."""
     workdir = harness.path / "reference"
-    proc = harness.start("reference", workdir, max_to_keep=100)
-    assert proc.wait() == 0, proc.tail()
+    proc = harness.reference
+    assert proc.wait(TIMEOUT_S) == 0, proc.tail()
     assert f"done: step {NUM_STEPS}" in proc.stdout
+    assert first_step(proc) == 1
     assert resumed_step(proc.stderr) is None
-    assert proc.first_step_s is not None
-    rates = [r["steps_per_sec"] for r in metric_rows(workdir) if "steps_per_sec" in r and r["step"] > 1]
-    return workdir, proc.first_step_s, 1.0 / statistics.median(rates)
+    rows = sorted((r for r in metric_rows(workdir) if "time/train_seconds" in r), key=lambda r: r["step"])
+    assert [r["step"] for r in rows] == list(range(1, NUM_STEPS + 1))
+    seconds = [r["time/train_seconds"] for r in rows]
+    gaps = [b - a for a, b in zip(seconds, seconds[1:])]
+    return workdir, gaps[0], statistics.median(gaps[1:])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,6 +185,12 @@ def listed_steps(workdir: Path) -> list[int]:
         checkpointer.close()
 
 
+@functools.lru_cache(maxsize=None)
+def reference_state(reference: Path, step: int) -> dict:
+    """The reference's state at ``step`` (read once: the reference run is over before any check)."""
+    return load_state(reference, step)
+
+
 def assert_complete_and_exact(workdir: Path, reference: Path, steps: list[int]) -> None:
     """Each step's checkpoint reads back, matches the SHA-256 saved with it, and is the reference's
     state at that step bit for bit."""
@@ -210,17 +201,21 @@ def assert_complete_and_exact(workdir: Path, reference: Path, steps: list[int]) 
         saved = json.loads((where / "digest" / "metadata").read_text())["sha256"]
         assert state_digest(state) == saved, f"{where}: the state does not match its SHA-256"
         assert json.loads((where / "config" / "metadata").read_text())["num_steps"] == NUM_STEPS
-        assert_states_equal(state, load_state(reference, step))
+        assert_states_equal(state, reference_state(reference, step))
 
 
 def file_count(directory: Path) -> int:
     return sum(p.is_file() for p in directory.rglob("*"))
 
 
-def finish_and_compare(harness, workdir: Path, reference: Path, name: str, latest: int | None) -> Proc:
-    """Runs the plain entry point to the end; it must resume from ``latest`` and end as the reference."""
-    proc = harness.start(name, workdir, max_to_keep=MAX_TO_KEEP)
-    assert proc.wait() == 0, proc.tail()
+def finish(harness, workdir: Path, name: str) -> Proc:
+    """``-m experiments.train`` (no hook) on ``workdir``, to the end."""
+    return harness.start(name, workdir, max_to_keep=MAX_TO_KEEP)
+
+
+def compare_finished(proc: Proc, workdir: Path, reference: Path, latest: int | None) -> Proc:
+    """``finish``'s process must resume from ``latest`` and end as the reference."""
+    assert proc.wait(TIMEOUT_S) == 0, proc.tail()
     assert resumed_step(proc.stderr) == latest, (resumed_step(proc.stderr), latest, proc.tail())
     assert f"done: step {NUM_STEPS}" in proc.stdout
     assert_states_equal(load_state(workdir, NUM_STEPS), load_state(reference, NUM_STEPS))
@@ -240,25 +235,54 @@ def finish_and_compare(harness, workdir: Path, reference: Path, name: str, lates
 # 1. A kill inside a save
 
 
-@pytest.mark.parametrize("hook", ["items", "commit", "delete"])
-def test_kill_inside_a_save_loses_nothing_else(harness, reference, hook):
+HOOKS = ("items", "commit", "delete")
+
+
+@pytest.fixture(scope="module")
+def inside_saves(harness) -> dict:
+    """The three runs that die inside the save of step KILL_STEP, side by side. Each is SIGKILLed once its
+    hook has stopped it; its workdir is copied as the kill left it (the copy is what the checks after
+    the kill read) and resumed to the end at once. {hook: (killed process, marker, copy, resumed process)}.
+    They start once the reference has printed its first step: its programs are then in the compilation
+    cache, which a cold cache would otherwise have four processes compile at once on two cores."""
+    wait_for_first_step(harness.reference)
+    killed = {hook: harness.start(f"inside_{hook}", harness.path / f"inside_{hook}",
+                                  hook=(hook, KILL_STEP, harness.path / f"inside_{hook}.marker"),
+                                  max_to_keep=MAX_TO_KEEP)
+              for hook in HOOKS}
+    out = {}
+    while len(out) < len(HOOKS):
+        for hook, proc in killed.items():
+            marker = harness.path / f"inside_{hook}.marker"
+            if hook in out:
+                continue
+            if marker.exists():
+                proc.kill()
+                assert proc.wait(TIMEOUT_S) == -signal.SIGKILL, proc.tail()
+                workdir, copy = harness.path / f"inside_{hook}", harness.path / f"inside_{hook}_as_killed"
+                shutil.copytree(workdir, copy, symlinks=True)
+                out[hook] = (proc, marker, copy, finish(harness, workdir, f"inside_{hook}_resumed"))
+            elif proc.poll() is not None:
+                pytest.fail(f"{proc.name} exited ({proc.returncode}) before its save stopped:\n{proc.tail()}")
+            elif time.monotonic() - proc.started > TIMEOUT_S:
+                pytest.fail(f"{proc.name}: the save of step {KILL_STEP} did not stop within {TIMEOUT_S} s")
+        time.sleep(0.01)
+    return out
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_kill_inside_a_save_loses_nothing_else(harness, inside_saves, reference, hook):
+    """A SIGKILL inside the save of step KILL_STEP (``hook``: after its arrays, before its commit, or
+    halfway through deleting the checkpoint it pushed out) leaves the unfinished directory on disk and
+    unlisted, every complete checkpoint listed, whole and the reference's, and the reference's rows up
+    to the newest; the resumed run starts there and ends bit-exact with the uninterrupted one."""
     reference_dir = reference[0]
+    proc, marker, killed_dir, resumed = inside_saves[hook]
     workdir = harness.path / f"inside_{hook}"
-    checkpoints = workdir / "checkpoints"
-    marker = harness.path / f"inside_{hook}.marker"
-    proc = harness.start(f"inside_{hook}", workdir, hook=(hook, KILL_STEP, marker), max_to_keep=MAX_TO_KEEP)
-    deadline = proc.started + TIMEOUT_S
-    while not marker.exists():
-        if proc.popen.poll() is not None:
-            pytest.fail(f"{proc.name} exited ({proc.popen.returncode}) before its save stopped:\n{proc.tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{proc.name}: the save of step {KILL_STEP} did not stop within {TIMEOUT_S} s")
-        time.sleep(0.05)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL, proc.tail()
+    checkpoints = killed_dir / "checkpoints"  # as the kill left them
     assert "Traceback" not in proc.stderr, proc.tail()
     stopped = json.loads(marker.read_text())
-    assert (stopped["hook"], stopped["step"], stopped["pid"]) == (hook, KILL_STEP, proc.popen.pid)
+    assert (stopped["hook"], stopped["step"], stopped["pid"]) == (hook, KILL_STEP, proc.pid)
     names = on_disk(checkpoints)
 
     # the kill landed inside the save: what the save had written is on disk, unfinished
@@ -289,16 +313,16 @@ def test_kill_inside_a_save_loses_nothing_else(harness, reference, hook):
     # nothing else lost: the complete checkpoints are listed, whole and the reference's; the rows up to
     # the newest one are the reference's (the row of step K, logged before its save, is dropped on resume)
     expected = list(range(latest - MAX_TO_KEEP + 1, latest + 1))
-    assert listed_steps(workdir) == expected
+    assert listed_steps(killed_dir) == expected
     assert [n for n in names if n.isdigit()] == sorted(str(s) for s in expected)
-    assert_complete_and_exact(workdir, reference_dir, expected)
-    assert rows_up_to(workdir, latest) == rows_up_to(reference_dir, latest)
-    assert max(r["step"] for r in metric_rows(workdir)) == KILL_STEP
+    assert_complete_and_exact(killed_dir, reference_dir, expected)
+    assert rows_up_to(killed_dir, latest) == rows_up_to(reference_dir, latest)
+    assert max(r["step"] for r in metric_rows(killed_dir)) == KILL_STEP
 
-    final = finish_and_compare(harness, workdir, reference_dir, f"inside_{hook}_resumed", latest)
+    compare_finished(resumed, workdir, reference_dir, latest)
     if hook == "delete":
-        assert not (checkpoints / TRASH).exists()
-    assert "Traceback" not in final.stderr, final.tail()
+        assert not (workdir / "checkpoints" / TRASH).exists()
+    assert "Traceback" not in resumed.stderr, resumed.tail()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -328,46 +352,59 @@ def _phase(proc: Proc, checkpoints: Path, marker: Path, before: dict[str, tuple[
         return "writing a checkpoint"
     if TRASH in new:
         return "deleting a checkpoint"
-    if not STEP_LINE.search(proc.stdout):
+    if first_step(proc) is None:
         return "start-up (import, compile, restore, step-0 evaluation)"
     return "training"
 
 
 @pytest.mark.slow
 def test_twenty_random_kills_end_bit_exact(harness, reference):
-    """One run, killed NUM_KILLS times and then finished. Each process is killed at a moment drawn
-    uniformly over the lifetime it would have had: its start-up plus its remaining steps, at the
-    reference's pace (start-up: the time to a first step of the latest process that printed one, or
-    longer if a kill landed later than that in a start-up). So that no process can
-    finish before its kill, the killed ones run kill_save_script.py's ``hold`` on the last step: a kill
-    that lands later than predicted finds it waiting before the last save."""
-    reference_dir, startup_s, step_s = reference
+    """One run, killed NUM_KILLS times and then finished: the same final state and metrics as the
+    uninterrupted run, and after each kill every listed checkpoint complete and the reference's.
+
+    Each process is killed after it has printed its first training step (so the kill lands in training
+    or saving, not in start-up), after a delay drawn uniformly (seeded) from [0, W). W is the time of
+    the work still ahead of it up to the last step (its first save and step, then a step and a save
+    each), shortened to 2/k of it when k kills are left, but never below its first save and two steps,
+    so that the kills spread over the whole run. The times are medians of what the killed processes
+    showed so far, between their first and second step lines and between later ones, each list seeded
+    with the reference's: the pace of the machine as it is now. So that no process can finish before
+    its kill, the killed ones run kill_save_script.py's ``hold`` on the last step: a kill that lands
+    later than that finds it waiting before the last save."""
+    reference_dir, first_gap, step_s = reference
     rng = random.Random(20)
     workdir = harness.path / "random_kills"
     checkpoints = workdir / "checkpoints"
     latest: int | None = None  # the newest complete checkpoint: where the next process must resume
     report = []
+    gaps: tuple[list, list] = ([first_gap], [step_s])  # seconds from step line 1 to 2, and between later ones
     began = time.monotonic()
     for attempt in range(NUM_KILLS):
         marker = harness.path / f"random_{attempt}.marker"
-        lifetime = startup_s + (NUM_STEPS - (latest or 0)) * step_s
-        moment = rng.uniform(0.0, lifetime)
         before = _unfinished(checkpoints)
         proc = harness.start(f"random_{attempt}", workdir, hook=("hold", NUM_STEPS, marker), max_to_keep=MAX_TO_KEEP)
-        while time.monotonic() - proc.started < moment:
-            if proc.popen.poll() is not None:
-                pytest.fail(f"{proc.name} exited ({proc.popen.returncode}) before its kill:\n{proc.tail()}")
-            proc.watch()
-            time.sleep(min(0.02, max(0.0, moment - (time.monotonic() - proc.started))))
+        first = wait_for_first_step(proc)
+        seen = lines_at = time.monotonic()
+        assert first == (latest or 0) + 1, (first, latest, proc.tail())
+        first_s, pace = statistics.median(gaps[0]), statistics.median(gaps[1])
+        ahead = 0.0 if first == NUM_STEPS else first_s + (NUM_STEPS - first - 1) * pace  # up to the hold
+        window = min(ahead, max(first_s + pace, ahead * 2.0 / (NUM_KILLS - attempt)))
+        delay = rng.uniform(0.0, window)
+        lines = 1
+        while time.monotonic() - seen < delay:
+            if proc.poll() is not None:
+                pytest.fail(f"{proc.name} exited ({proc.returncode}) before its kill:\n{proc.tail()}")
+            time.sleep(min(0.005, max(0.0, delay - (time.monotonic() - seen))))
+            now, count = time.monotonic(), len(STEP_LINE.findall(proc.stdout))
+            if count > lines:
+                if count == lines + 1:
+                    gaps[lines > 1].append(now - lines_at)
+                lines, lines_at = count, now
         proc.kill()
-        assert proc.wait() == -signal.SIGKILL, f"{proc.name} ended by itself before the kill:\n{proc.tail()}"
+        assert proc.wait(TIMEOUT_S) == -signal.SIGKILL, f"{proc.name} ended by itself before the kill:\n{proc.tail()}"
         phase = _phase(proc, checkpoints, marker, before)
-        if proc.first_step_s is not None:
-            startup_s = proc.first_step_s  # the machine's current pace
-        elif phase.startswith("start-up"):
-            startup_s = max(startup_s, moment)
         assert "Traceback" not in proc.stderr, proc.tail()
-        assert resumed_step(proc.stderr) in (latest, None), (resumed_step(proc.stderr), latest)
+        assert resumed_step(proc.stderr) == latest, (resumed_step(proc.stderr), latest)
 
         listed = listed_steps(workdir)
         assert [n for n in on_disk(checkpoints) if n.isdigit()] == sorted(str(s) for s in listed)
@@ -377,16 +414,18 @@ def test_twenty_random_kills_end_bit_exact(harness, reference):
         new_latest = max(listed) if listed else None
         if new_latest is not None:
             assert rows_up_to(workdir, new_latest) == rows_up_to(reference_dir, new_latest)
-        report.append((attempt, round(moment, 2), round(lifetime, 1), phase, resumed_step(proc.stderr), new_latest))
+        report.append((attempt, first, round(delay, 3), round(window, 2), lines, phase, new_latest))
         latest = new_latest
 
     killed_s = time.monotonic() - began
-    finish_and_compare(harness, workdir, reference_dir, "random_final", latest)
-    print(f"\n{NUM_KILLS} kills in {killed_s:.0f} s, then finished in {time.monotonic() - began - killed_s:.0f} s "
-          f"(reference: first step after {reference[1]:.1f} s, {step_s:.3f} s a step)")
-    print("attempt, kill at s, predicted lifetime s, phase, resumed from, newest complete step after:")
+    compare_finished(finish(harness, workdir, "random_final"), workdir, reference_dir, latest)
+    print(f"\n{NUM_KILLS} kills in {killed_s:.0f} s, then finished in {time.monotonic() - began - killed_s:.0f} s; "
+          f"step lines 1 to 2: {first_gap:.3f} s in the reference, {statistics.median(gaps[0]):.3f} s with the "
+          f"killed processes; later: {step_s:.3f} s, {statistics.median(gaps[1]):.3f} s")
+    print("attempt, first step printed, kill s after it, window s, step lines seen, phase, newest complete step after:")
     for row in report:
         print("  ", row)
-    phases = {p: sum(r[3] == p for r in report) for p in dict.fromkeys(r[3] for r in report)}
+    phases = {p: sum(r[5] == p for r in report) for p in dict.fromkeys(r[5] for r in report)}
     print("kills by phase:", phases)
     assert len(report) == NUM_KILLS
+    assert not [r for r in report if r[5].startswith("start-up")], report  # every kill after the first step

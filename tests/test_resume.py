@@ -1,7 +1,8 @@
 """Resuming training from checkpoints, through the command-line entry point in fresh processes.
 
 Every run here is ``python -m experiments.train`` in a subprocess (its own session, so a hang or a
-failure kills the whole process group), on a tiny model and a small random .npz data set:
+failure kills the whole process group), on a tiny model and a small random .npz data set (blobs on
+noise, tests/harness.py):
 
 - a run split over two processes ends with exactly the state of an uninterrupted run, and its
   metrics.jsonl holds each (step, metric) once;
@@ -40,6 +41,7 @@ import pytest
 from lebm_jax.training.checkpoint import Checkpointer
 
 import tiny
+from harness import subprocess_env, write_blob_npz
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180  # per subprocess: generous for a busy 2-core machine; a hang fails instead of blocking
@@ -105,27 +107,9 @@ class Proc:
 def harness(tmp_path_factory, request):
     """A data set, a shared compilation cache, a log folder, and a way to start runs."""
     root = tmp_path_factory.mktemp("resume")
-    rng = np.random.default_rng(0)
-    # blobs on noise: not pure noise, so the generator has something to fit
-    yy, xx = np.mgrid[:16, :16]
-    centres = rng.uniform(4, 12, size=(64, 2))
-    blobs = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 8.0)
-    images = np.clip(blobs * 220 + rng.uniform(0, 35, size=blobs.shape), 0, 255).astype(np.uint8)[..., None]
-    np.savez(root / "data.npz", images=images)
+    write_blob_npz(root / "data.npz")
     (root / "logs").mkdir()
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["JAX_PLATFORMS"] = "cpu"
-    # kept between sessions in pytest's cache folder when there is one (the keys hold the jax version,
-    # the flags and the program, so a stale entry is never used); else one for this session
-    cache = getattr(request.config, "cache", None)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache.mkdir("lebm_jax_xla") if cache else root / "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    # one CPU device per process, whatever device count the test session emulates
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags)
+    env = subprocess_env(request, root)
     procs: list[Proc] = []
 
     class Harness:

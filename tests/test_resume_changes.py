@@ -13,7 +13,8 @@ one trained workdir:
 - after a non-finite stop, nothing is logged for the failing step, and a retry from the last good
   checkpoint leaves each (step, metric) once and nothing of the failed attempt past that checkpoint.
 
-A persistent XLA cache shared by the module's runs makes the repeated programs compile once.
+A persistent XLA cache (pytest's cache folder, shared with the subprocess tests) makes the repeated
+programs compile once, and once across sessions.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """A persistent XLA cache in a temporary folder for this module's runs; jax's settings restored after."""
-    path = tmp_path_factory.mktemp("xla_cache")
+def compile_cache(tmp_path_factory, request):
+    """A persistent XLA cache for this module's runs, the one the subprocess tests share (pytest's cache
+    folder, so later sessions start warm; a temporary folder without it); jax's settings restored after."""
+    cache = getattr(request.config, "cache", None)
+    path = cache.mkdir("lebm_jax_xla") if cache else tmp_path_factory.mktemp("xla_cache")
     saved = {name: getattr(jax.config, name) for name in CACHE_SETTINGS}
     for name, value in zip(CACHE_SETTINGS, (str(path), 0.0, 0)):
         jax.config.update(name, value)
