@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from lebm_jax.core import ladder
+from lebm_jax.core import exchange, ladder
 from lebm_jax.core.langevin import ChainResult, ChainSpec, sample_base, split_keys
 from lebm_jax.core.model import LatentEBM
 
@@ -51,7 +51,7 @@ class Samples(NamedTuple):
     z_prior: Array  # (S, B, nz): z⁻ ~ p_α
     z_posterior: Array  # (T, S, B, nz): z ~ π_{t_i}(z|x) per rung; T = 1 (t = 1) for vanilla
     batch: dict  # chain diagnostics logged as batch means: name -> scalar
-    rungs: dict  # per-rung chain diagnostics: name -> (T,)
+    rungs: dict  # per-rung chain diagnostics: name -> (T,), or (T − 1,) per neighbouring pair (i, i+1)
 
 
 class Aux(NamedTuple):
@@ -60,7 +60,8 @@ class Aux(NamedTuple):
     per_example: Losses of (B,): each example's EBM and generator loss; their batch means are the losses
                  (the gradient statistics take the variance of these over chain draws).
     batch:       name -> scalar or (B,): logged as its batch mean under ``name``.
-    rungs:       name -> (T,): logged per rung as ``name/i``.
+    rungs:       name -> (T,): logged per rung as ``name/i``; a (T − 1,) entry is per pair of neighbouring
+                 rungs, ``name/i`` for the pair (i, i+1).
     """
 
     per_example: Losses
@@ -122,8 +123,8 @@ def sample_prior(objective: Objective, params: Params, keys: Array) -> ChainResu
 
 def sample_power_posteriors(
     model: LatentEBM, chain: ChainSpec, params: Params, x: Array, keys: Array, temperatures: Array, num_chains: int,
-    prior_rungs: int = 0,
-) -> ChainResult:
+    prior_rungs: int = 0, exchange_every: int = 0,
+) -> ChainResult | exchange.ExchangeResult:
     """S chains per example and temperature, z ~ π_t(z|x) ∝ p_β(x|z)^t p_α(z), all in one batch.
 
     x: (B, *event); keys: (B,) one per example; temperatures: (T,). Returns z of shape (T, S, B, nz).
@@ -131,11 +132,17 @@ def sample_power_posteriors(
     power schedule's t_0 is). Their chains target the prior p_α, and their Langevin steps skip the
     generator, whose term 0 · log p_β(x|z) adds nothing: the same chains as without, for (T−k)/T of the
     generator work.
+    ``exchange_every``: 0 (the default) runs the chains independently and returns a `ChainResult`. A
+    positive value, which must divide ``chain.num_steps``, proposes replica-exchange swaps between
+    neighbouring rungs (increasing temperatures) after every ``exchange_every`` Langevin steps and returns an
+    `exchange.ExchangeResult`: the same fields plus the pairs' swap acceptance (T − 1, S, B)
+    (design.md §3, "Replica exchange"). Each example's swaps draw from its own key.
     """
     batch, nz = x.shape[0], model.latent_dim
     num_temps = temperatures.shape[0]
     if not 0 <= prior_rungs <= num_temps:
         raise ValueError(f"prior_rungs={prior_rungs} must be in [0, {num_temps}]")
+    exchange.check_exchange_every(exchange_every, chain.num_steps)
     k0, k = split_keys(keys, 2, key_axis=0)
     z0 = sample_base(k0, (num_temps, num_chains, batch, nz), model.prior_sigma, key_axis=2)
     ts = temperatures[:, None, None]  # (T, 1, 1) against chains (T, S, B)
@@ -147,7 +154,13 @@ def sample_power_posteriors(
         ll = jnp.concatenate([jnp.zeros((prior_rungs,) + ll.shape[1:], ll.dtype), ll])
         return ll + model.log_prior(params["ebm"], z)
 
-    return chain.run(k, z0, log_density, key_axis=2)
+    if not exchange_every:
+        return chain.run(k, z0, log_density, key_axis=2)
+
+    def log_lik(z):  # (T, S, B, nz) -> (T, S, B), one generator pass
+        return model.log_likelihood(params["gen"], x, z)
+
+    return exchange.exchange_chain(chain, k, z0, log_density, log_lik, temperatures, exchange_every, key_axis=2)
 
 
 def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, Array, dict]:
@@ -220,6 +233,10 @@ class ThermodynamicIntegration:
         over the S ≥ 2 chains of each example (never across examples). Integrated over t this is
         Fisher's identity, so the estimate is unbiased for the gradient of the trapezoid on the ladder.
     EBM loss: the vanilla contrastive term with the t = 1 rung as z⁺.
+
+    ``exchange_every`` > 0 adds replica exchange between neighbouring rungs after every ``exchange_every``
+    posterior Langevin steps (it must divide them); each pair's swap acceptance is logged as
+    ``swap_accept/i`` for the pair (i, i+1). 0, the default, leaves the rungs' chains independent.
     """
 
     model: LatentEBM
@@ -229,12 +246,14 @@ class ThermodynamicIntegration:
     power: float = 1.0
     gradient: str = "pathwise"
     num_chains: int = 1
+    exchange_every: int = 0
 
     def __post_init__(self):
         self.prior_chain.validate("prior_chain")
         self.posterior_chain.validate("posterior_chain")
         ladder.check_ladder(self.num_temps, self.power)
         _check_num_chains(self.num_chains, "ti.num_chains")
+        exchange.check_exchange_every(self.exchange_every, self.posterior_chain.num_steps, "ti.exchange_every")
         if self.gradient not in TI_GRADIENTS:
             raise ValueError(f"ti.gradient={self.gradient!r} is not one of {TI_GRADIENTS}")
         if self.gradient == "fisher" and self.num_chains < 2:
@@ -247,11 +266,12 @@ class ThermodynamicIntegration:
     def temperatures(self) -> Array:
         return ladder.power_schedule(self.num_temps, self.power)
 
-    def sample_posteriors(self, params: Params, x: Array, keys: Array) -> ChainResult:
+    def sample_posteriors(self, params: Params, x: Array, keys: Array) -> ChainResult | exchange.ExchangeResult:
         """The ladder's chains, one batch over all rungs: z (T, S, B, nz); keys (B,) one per example.
-        t_0 = 0 exactly, so the first rung's chains run without the generator."""
+        t_0 = 0 exactly, so the first rung's chains run without the generator. With ``exchange_every`` > 0
+        an `exchange.ExchangeResult`, which adds the swap acceptance (T − 1, S, B)."""
         return sample_power_posteriors(self.model, self.posterior_chain, params, x, keys, self.temperatures,
-                                       self.num_chains, prior_rungs=1)
+                                       self.num_chains, prior_rungs=1, exchange_every=self.exchange_every)
 
     def sample(self, params: Params, x: Array, key: Array) -> Samples:
         self.model.check_data(x)
@@ -262,7 +282,10 @@ class ThermodynamicIntegration:
             **_chain_diagnostics("prior", prior),
             **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[-1], rungs)),
         }
-        return Samples(prior.z, rungs.z, diag, {"rung_accept": jnp.mean(rungs.accept_rate, axis=(1, 2))})
+        per_rung = {"rung_accept": jnp.mean(rungs.accept_rate, axis=(1, 2))}  # (T,)
+        if self.exchange_every:
+            per_rung["swap_accept"] = jnp.mean(rungs.swap_accept, axis=(1, 2))  # (T − 1,): pair (i, i+1)
+        return Samples(prior.z, rungs.z, diag, per_rung)
 
     def losses(self, params: Params, x: Array, samples: Samples) -> tuple[Losses, Aux]:
         ts = self.temperatures
@@ -298,12 +321,14 @@ def make_objective(
     num_temps: int = 10,
     power: float = 1.0,
     gradient: str = "pathwise",
+    exchange_every: int = 0,
 ) -> Objective:
-    """The objective named ``variant`` ("vanilla" or "ti"); ladder settings apply to "ti" only."""
+    """The objective named ``variant`` ("vanilla" or "ti"); ladder and exchange settings apply to "ti" only."""
     if variant == "vanilla":
         return Vanilla(model, prior_chain, posterior_chain, num_chains)
     if variant == "ti":
-        return ThermodynamicIntegration(model, prior_chain, posterior_chain, num_temps, power, gradient, num_chains)
+        return ThermodynamicIntegration(model, prior_chain, posterior_chain, num_temps, power, gradient, num_chains,
+                                        exchange_every)
     raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")
 
 

@@ -63,6 +63,7 @@ def build_objective(config: ml_collections.ConfigDict, model: LatentEBM) -> Obje
         num_temps=ti.num_temps,
         power=ti.power,
         gradient=ti.gradient,
+        exchange_every=ti.exchange_every,
     )
 
 

@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.ti.power = 1.0
     c.ti.gradient = "pathwise"  # "pathwise" | "fisher"
     c.ti.num_chains = 1  # chains per example and rung (fisher needs >= 2)
+    c.ti.exchange_every = 0  # posterior Langevin steps between replica-exchange rounds of neighbouring rungs;
+    #                          0 = none (the rungs' chains independent); must divide posterior_chain.num_steps
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr_ebm = 2e-5
@@ -219,6 +221,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("ti.num_chains", config.ti.num_chains, "must be an int >= 1")
     if config.ti.gradient == "fisher" and config.ti.num_chains < 2:
         bad("ti.num_chains", config.ti.num_chains, "ti.gradient='fisher' needs at least 2 chains per example")
+    every = config.ti.exchange_every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        bad("ti.exchange_every", every, "must be an int >= 0 (0: no replica exchange)")
+    if every and config.posterior_chain.num_steps % every:
+        bad("ti.exchange_every", every, f"must divide posterior_chain.num_steps={config.posterior_chain.num_steps}")
     for field in ("lr_ebm", "lr_gen"):
         if not _positive(config.optim[field]):
             bad(f"optim.{field}", config.optim[field], "must be a finite number > 0")
