@@ -13,7 +13,12 @@ r"""What every entry point in experiments/ shares: flag parsing and errors as on
   ``main`` runs, a ``ValueError``, ``RuntimeError``, ``FloatingPointError`` or ``OSError`` raised by this
   repository's own code (``lebm_jax``, ``experiments``: worded errors about a config value, a data set, a
   checkpoint, a workdir), an ``OSError`` that names a file, and ``UserError`` (exit status 1).
-* Ctrl-C prints one line, ``interrupted (Ctrl-C)`` and what to do next, and exits with status 130.
+* Ctrl-C prints one line, ``interrupted (Ctrl-C)`` and what to do next, and exits with status 130, once the
+  code it interrupted has unwound (a training loop flushes its logs and closes its checkpoints). Two guards make
+  that hold whenever the signal lands: a KeyboardInterrupt that library code swallows (native code that
+  checks for signals and drops the error) is raised again every REDELIVER_S seconds until it reaches ``run``;
+  and the process then ends with ``os._exit``, skipping the interpreter's finalisation, which can crash
+  (SIGSEGV) when the interrupt cut short a compilation whose threads are still running.
 
 Any other exception (a genuine bug) keeps its full traceback. ``--traceback`` (defined here, so every entry
 point has it) shows the traceback of the expected errors too.
@@ -26,8 +31,13 @@ from __future__ import annotations
 import difflib
 import errno
 import importlib.util
+import logging
+import _thread
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from absl import app, flags
@@ -38,6 +48,7 @@ _TRACEBACK = flags.DEFINE_bool(
     "traceback", False, "On an error, print the full Python traceback instead of the one-line message.")
 
 USAGE_EXIT, ERROR_EXIT, INTERRUPT_EXIT = 2, 1, 130
+REDELIVER_S = 10.0  # seconds after a Ctrl-C that has not reached ``run`` before it is raised again
 HELP = "see --helpshort"
 
 
@@ -103,15 +114,33 @@ def run(main: Callable[[list[str]], object], on_interrupt: str = "") -> None:
     """``absl.app.run(main)`` with one-line errors (see the module docstring). ``on_interrupt``: what to do
     after Ctrl-C (e.g. how to resume), added to the line ``interrupted (Ctrl-C)``."""
     interrupted = "interrupted (Ctrl-C)" + (f"; {on_interrupt}" if on_interrupt else "")
+    pending = threading.Event()  # set by Ctrl-C, cleared once its KeyboardInterrupt has reached us
+
+    def redeliver():
+        while pending.wait() and not _sleep_unless_cleared(pending, REDELIVER_S):
+            _thread.interrupt_main()  # swallowed somewhere: raise it again in the main thread
+
+    def on_sigint(signum, frame):
+        if not pending.is_set():
+            pending.set()
+            if not any(t.name == "ctrl-c-redelivery" for t in threading.enumerate()):
+                threading.Thread(target=redeliver, name="ctrl-c-redelivery", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def stop_interrupted():
+        pending.clear()
+        _print(interrupted)
+        logging_flush()
+        os._exit(INTERRUPT_EXIT)
 
     def guarded(argv):
         try:
             return main(argv)
         except KeyboardInterrupt:
+            pending.clear()
             if _TRACEBACK.value:
                 raise
-            _print(interrupted)
-            sys.exit(INTERRUPT_EXIT)
+            stop_interrupted()
         except app.UsageError as e:
             if _TRACEBACK.value:
                 raise
@@ -131,12 +160,32 @@ def run(main: Callable[[list[str]], object], on_interrupt: str = "") -> None:
         try:
             return _parse_flags(argv)
         except KeyboardInterrupt:
+            pending.clear()
             if _traceback_in(argv):
                 raise
-            _print(interrupted)
-            sys.exit(INTERRUPT_EXIT)
+            stop_interrupted()
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
     app.run(guarded, flags_parser=parse)
+
+
+def _sleep_unless_cleared(event: threading.Event, seconds: float) -> bool:
+    """Sleeps up to ``seconds``; True as soon as ``event`` is cleared (polled every 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not event.is_set():
+            return True
+        time.sleep(0.1)
+    return not event.is_set()
+
+
+def logging_flush() -> None:
+    """Flushes Python's log handlers and the standard streams (before ``os._exit``, which does not)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def user_message(e: BaseException) -> str | None:

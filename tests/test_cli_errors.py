@@ -219,3 +219,50 @@ def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
     assert "Traceback" not in output, output[-3000:]
     lines = [line for line in output.splitlines() if line.strip() and not NOISE.match(line)]
     assert lines[-1].startswith("interrupted (Ctrl-C); run the same command again to resume"), lines[-3:]
+
+
+SWALLOWING_MAIN = """
+import sys, time
+from experiments import _cli
+_cli.REDELIVER_S = 0.5
+
+def main(argv):
+    print("ready", flush=True)
+    try:
+        time.sleep(120)
+    except KeyboardInterrupt:
+        pass  # dropped, as native code that checks for signals and clears the error does
+    print("swallowed", flush=True)
+    while True:
+        time.sleep(0.05)
+
+_cli.run(main, on_interrupt="go on")
+"""
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_and_still_ends_in_one_line(tmp_path):
+    """A main() that drops the first KeyboardInterrupt and goes on: the interrupt is raised again
+    REDELIVER_S later, and the process ends with status 130 and the one line, no traceback."""
+    script, log = tmp_path / "swallow.py", tmp_path / "swallow.log"
+    script.write_text(SWALLOWING_MAIN)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while "ready" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log.read_text()
+    assert rc == 130, output[-3000:]
+    assert "swallowed" in output and "Traceback" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.strip() and not NOISE.match(line)]
+    assert lines[-2:] == ["swallowed", "interrupted (Ctrl-C); go on"], lines[-3:]
+    assert took >= 0.5, took  # it was raised again, not the first one ending the process
