@@ -27,6 +27,9 @@ def tiny_study():
         "sample_every": STEPS,
         "eval.every": STEPS, "eval.num_samples": 100, "eval.batch_size": 100, "eval.kid_subsets": 3,
         "eval.kid_subset_size": 50, "gradstats.every": 1, "gradstats.num_draws": 3,
+        # the protocol runs at the first and the last step: a small one, to exercise its columns and sentences
+        "loglik.num_examples": 4, "loglik.num_temps": 5, "loglik.steps_per_rung": 2, "loglik.ais_substeps": 2,
+        "loglik.prior_steps": 5, "loglik.train_draws": 2,
     })
     c.update_from_flattened_dict({"powers": (1.0,), "num_temps": 3, "seeds": (0, 1)})
     return c
