@@ -197,27 +197,34 @@ def test_refused_commands_create_no_workdir(cases):
     assert not (paths["file"].parent / "a_file.txt" / "sub").exists()
 
 
-def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
-    """SIGINT once main() runs (a plain subprocess): exit status 130 and one line saying how to resume."""
-    log = tmp_path / "train.log"
-    proc = start([*TRAIN[:-1], "--config.num_steps=100000", f"--workdir={tmp_path / 'w'}"], log)
+def interrupt(proc: subprocess.Popen, log: Path, ready: str, delay: float = 0.0) -> tuple[int, float, list[str]]:
+    """SIGINT to ``proc`` ``delay`` seconds after ``ready`` appears in its log: (exit status, seconds from
+    the signal to the exit, the log's lines without NOISE), after checking that it printed no traceback."""
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        while "devices:" not in log.read_text():  # logged in main(), after the imports
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        time.sleep(1.0)
+        while ready not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        time.sleep(delay)
+        sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(TIMEOUT_S)
+        took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     output = log.read_text()
-    assert rc == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    lines = [line for line in output.splitlines() if line.strip() and not NOISE.match(line)]
+    return rc, took, [line for line in output.splitlines() if line.strip() and not NOISE.match(line)]
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
+    """SIGINT once main() runs (a plain subprocess): exit status 130 and one line saying how to resume."""
+    log = tmp_path / "train.log"
+    proc = start([*TRAIN[:-1], "--config.num_steps=100000", f"--workdir={tmp_path / 'w'}"], log)
+    rc, _, lines = interrupt(proc, log, "devices:", delay=1.0)  # logged in main(), after the imports
+    assert rc == 130, lines[-10:]
     assert lines[-1].startswith("interrupted (Ctrl-C); run the same command again to resume"), lines[-3:]
 
 
@@ -247,22 +254,7 @@ def test_a_swallowed_ctrl_c_is_raised_again_and_still_ends_in_one_line(tmp_path)
     script.write_text(SWALLOWING_MAIN)
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env(), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while "ready" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(60)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    output = log.read_text()
-    assert rc == 130, output[-3000:]
-    assert "swallowed" in output and "Traceback" not in output, output[-3000:]
-    lines = [line for line in output.splitlines() if line.strip() and not NOISE.match(line)]
+    rc, took, lines = interrupt(proc, log, "ready")
+    assert rc == 130, lines[-10:]
     assert lines[-2:] == ["swallowed", "interrupted (Ctrl-C); go on"], lines[-3:]
     assert took >= 0.5, took  # it was raised again, not the first one ending the process
