@@ -56,21 +56,23 @@ def exact_log_px(params, x) -> np.ndarray:
 
 
 def exact_rungs(params, x, ts) -> tuple[np.ndarray, np.ndarray]:
-    """E_t[ℓ] and V_t = Var_t[ℓ] (T, B) in float64 numpy, from π_t = N(μ_t, P_t⁻¹) (docs/design.md §4)."""
+    """E_t[ℓ] and V_t = Var_t[ℓ] (T, B) in float64 numpy, from π_t = N(μ_t, P_t⁻¹) (docs/design.md §4),
+    all rungs at once."""
     b, A, W, c = numpy_matrices(params)
     nz, d = b.shape[0], W.shape[0]
     x = np.asarray(x, np.float64)
-    means, variances = [], []
-    for t in np.asarray(ts, np.float64):
-        cov = np.linalg.inv(np.eye(nz) / SIGMA0**2 + A + t / SIGMA**2 * W.T @ W)
-        mu = (cov @ (b[:, None] + t / SIGMA**2 * W.T @ (x - c).T)).T  # (B, nz)
-        r = x - mu @ W.T - c  # (B, D)
-        tr = np.trace(W @ cov @ W.T)
-        means.append(-0.5 * d * np.log(2 * np.pi * SIGMA**2) - (np.sum(r**2, 1) + tr) / (2 * SIGMA**2))
-        a = r @ W / SIGMA**2  # (B, nz)
-        ms = W.T @ W / (2 * SIGMA**2) @ cov
-        variances.append(np.einsum("bi,ij,bj->b", a, cov, a) + 2 * np.trace(ms @ ms))
-    return np.array(means), np.array(variances)
+    ts = np.asarray(ts, np.float64)
+    wtw = W.T @ W
+    cov = np.linalg.inv(np.eye(nz) / SIGMA0**2 + A + ts[:, None, None] / SIGMA**2 * wtw)  # (T, nz, nz)
+    rhs = b[None, :, None] + ts[:, None, None] / SIGMA**2 * (W.T @ (x - c).T)[None]  # (T, nz, B)
+    mu = np.swapaxes(cov @ rhs, 1, 2)  # (T, B, nz)
+    r = x - mu @ W.T - c  # (T, B, D)
+    tr = np.einsum("tij,ji->t", cov, wtw)  # tr(W Σ_t Wᵀ) = tr(Σ_t WᵀW)
+    means = -0.5 * d * np.log(2 * np.pi * SIGMA**2) - (np.sum(r**2, -1) + tr[:, None]) / (2 * SIGMA**2)
+    a = r @ W / SIGMA**2  # (T, B, nz)
+    ms = wtw / (2 * SIGMA**2) @ cov  # (T, nz, nz)
+    variances = np.einsum("tbi,tij,tbj->tb", a, cov, a) + 2 * np.einsum("tij,tji->t", ms, ms)[:, None]
+    return means, variances
 
 
 def test_long_chains_give_the_exact_rungs_and_ais_the_exact_log_px_on_a_coarse_ladder():
