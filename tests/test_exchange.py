@@ -167,6 +167,20 @@ def _print_rungs(title, ts, off, on):
           f"|bias| {off[2]:.3g} → {on[2]:.3g} ({off[2] / on[2]:.3g}×)")
 
 
+def _without_and_with_exchange(power: float, chain: ChainSpec, num_chains: int, title: str, t_min: float):
+    """Short chains on 10 rungs of ``power`` from π0, without and with a swap round after every step:
+    (errors without, errors with, mask of the rungs t ≥ t_min), printed side by side."""
+    model, params, x, _ = problem(4, 16, 2)
+    ts = power_schedule(10, power)
+    off = _short_chain_errors(model, params, x, ts, chain, num_chains, 0, seed=0)
+    on = _short_chain_errors(model, params, x, ts, chain, num_chains, 1, seed=0)
+    _print_rungs(title, ts, off, on)
+    mask = np.asarray(ts) >= t_min
+    print(f"  rungs t ≥ {t_min}: mean |bias| {np.mean(off[0][mask]):.3g} → {np.mean(on[0][mask]):.3g} "
+          f"({np.mean(off[0][mask]) / np.mean(on[0][mask]):.3g}×); rung 0: {off[0][0]:.3g} → {on[0][0]:.3g}")
+    return off, on, mask
+
+
 def test_exchange_rescues_rungs_the_shared_step_size_does_not_fit():
     """One MALA step size for the whole ladder (s = 0.3, 40 steps from π0, 10 uniform rungs) suits the
     warm rungs and is far too large for the cold ones (t ≥ 0.5), whose chains reject almost every proposal
@@ -174,15 +188,8 @@ def test_exchange_rescues_rungs_the_shared_step_size_does_not_fit():
     ladder: the cold rungs' bias of the mean of ℓ against E_t, the trapezoid's bias and its variance over
     chain draws all fall by more than 10× (measured: ~2500×, ~280× and ~50×; 12–57× for the variance over
     three other problems and chain seeds)."""
-    model, params, x, _ = problem(4, 16, 2)
-    ts = power_schedule(10, 1.0)
-    chain = ChainSpec(40, 0.3, "mala")
-    off = _short_chain_errors(model, params, x, ts, chain, 1000, 0, seed=0)
-    on = _short_chain_errors(model, params, x, ts, chain, 1000, 1, seed=0)
-    _print_rungs("MALA s = 0.3, K = 40, T = 10, p = 1: without / with exchange every step", ts, off, on)
-    cold = np.asarray(ts) >= 0.5
-    print(f"  rungs t ≥ 0.5: mean |bias| {np.mean(off[0][cold]):.3g} → {np.mean(on[0][cold]):.3g} "
-          f"({np.mean(off[0][cold]) / np.mean(on[0][cold]):.3g}×)")
+    off, on, cold = _without_and_with_exchange(1.0, ChainSpec(40, 0.3, "mala"), 1000,
+                                               "MALA s = 0.3, K = 40, T = 10, p = 1: without / with exchange every step", 0.5)
     assert np.mean(off[0][cold]) > 10 * np.mean(on[0][cold])
     assert off[1] > 10 * on[1] and off[2] > 10 * on[2]
     assert on[2] < 1.0  # within a nat of the exact trapezoid
@@ -195,15 +202,8 @@ def test_exchange_with_small_step_ula_moves_the_bias_towards_the_prior_end():
     the variance of the trapezoid over chain draws by ~1.4× (1.29–1.45× and 1.37–1.50× over three other
     problems and chain seeds), the trapezoid's bias by only ~1.17×, while the rungs nearest t = 0 get
     worse (rung 0: 2.2–5.3×). Asserted: ≥ 1.2× and ≥ 1.25× reductions, and the rung-0 bias growing."""
-    model, params, x, _ = problem(4, 16, 2)
-    ts = power_schedule(10, 3.0)
-    chain = ChainSpec(20, 0.1, "ula")
-    off = _short_chain_errors(model, params, x, ts, chain, 2000, 0, seed=0)
-    on = _short_chain_errors(model, params, x, ts, chain, 2000, 1, seed=0)
-    _print_rungs("ULA s = 0.1, K = 20, T = 10, p = 3: without / with exchange every step", ts, off, on)
-    upper = np.asarray(ts) >= 0.08
-    print(f"  rungs t ≥ 0.08: mean |bias| {np.mean(off[0][upper]):.3g} → {np.mean(on[0][upper]):.3g} "
-          f"({np.mean(off[0][upper]) / np.mean(on[0][upper]):.3g}×); rung 0: {off[0][0]:.3g} → {on[0][0]:.3g}")
+    off, on, upper = _without_and_with_exchange(3.0, ChainSpec(20, 0.1, "ula"), 2000,
+                                                "ULA s = 0.1, K = 20, T = 10, p = 3: without / with exchange every step", 0.08)
     assert np.mean(off[0][upper]) > 1.2 * np.mean(on[0][upper])
     assert off[1] > 1.25 * on[1]
     assert on[0][0] > off[0][0]
