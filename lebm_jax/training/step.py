@@ -34,19 +34,29 @@ class TrainState(flax.struct.PyTreeNode):
     params: Params  # {"ebm": ..., "gen": ...}
     opt_state: Params  # {"ebm": ..., "gen": ...}
     nonfinite_step: jax.Array  # int32: 0, or 1 + the first step whose loss or update was non-finite
-    # ti.adapt_every > 0 only: the adaptive TI ladder and its moving average (design.md §3, "Adaptive ladder").
-    # None otherwise, which adds no leaf: the state and its checkpoints are those of before.
-    ladder: ladder.AdaptiveLadder | None = None
+
+
+class AdaptiveTrainState(TrainState):
+    """The train state of a ti run with ``ti.adapt_every`` > 0: also the adaptive ladder and its moving
+    average (design.md §3, "Adaptive ladder"). A subclass rather than an optional field, so that every other
+    run's state, and its checkpoints' tree, are exactly those of `TrainState`."""
+
+    ladder: ladder.AdaptiveLadder
 
 
 def create_train_state(model: LatentEBM, optimizers: dict, key: jax.Array,
                        adaptive_ladder: ladder.AdaptiveLadder | None = None) -> TrainState:
-    """The state at step 0; ``adaptive_ladder`` (`build.initial_ladder`) when the ti ladder adapts."""
+    """The state at step 0; an `AdaptiveTrainState` holding ``adaptive_ladder`` (`build.initial_ladder`)
+    when the ti ladder adapts."""
     params = model.init(key)
     opt_state = {name: optimizers[name].init(params[name]) for name in ("ebm", "gen")}
     # distinct buffers: the state is donated to the step, and XLA refuses one buffer donated twice
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                       nonfinite_step=jnp.zeros((), jnp.int32), ladder=adaptive_ladder)
+    fields = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
+              "nonfinite_step": jnp.zeros((), jnp.int32)}
+    if adaptive_ladder is None:
+        state = TrainState(**fields)
+    else:
+        state = AdaptiveTrainState(**fields, ladder=adaptive_ladder)
     return jax.tree.map(jnp.copy, state)
 
 
@@ -88,7 +98,7 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
     # Params enter as device-varying: the gradient of a replicated (invariant) input would come back
     # already summed over devices by shard_map's transpose, and the pmean below would be a no-op.
     params_here = jax.lax.pcast(state.params, AXIS, to="varying")
-    adaptive = state.ladder is not None
+    adaptive = isinstance(state, AdaptiveTrainState)
     temperatures = state.ladder.temperatures if adaptive else None
     res = loss_and_grads(objective, params_here, x, keys, temperatures)
     grads = jax.lax.pmean(res.grads, AXIS)
@@ -108,13 +118,14 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
 
     ok = _all_finite((metrics["loss_ebm"], metrics["loss_gen"], grads, params)) & (state.nonfinite_step == 0)
     keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-    new_state = TrainState(
+    new_state = state.replace(
         step=state.step + 1,
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         nonfinite_step=jnp.where(ok | (state.nonfinite_step > 0), state.nonfinite_step, state.step + 1),
-        ladder=jax.tree.map(keep, new_ladder, state.ladder) if adaptive else None,
     )
+    if adaptive:
+        new_state = new_state.replace(ladder=jax.tree.map(keep, new_ladder, state.ladder))
     return new_state, metrics
 
 
