@@ -4,6 +4,10 @@
 
 estimated on rungs t_i = (i/(N-1))^p by the trapezoid rule, optionally with the Friel et al. (2014)
 correction that uses the rung variances V_i = Var_{π_{t_i}}[log p_β(x|z)] (= dE_t/dt).
+
+The adaptive ladder (`adapt_ladder`, design.md §3 "Adaptive ladder") instead re-places the rungs during training
+so that each interval carries an equal share of the thermodynamic length ∫_0^1 √V_t dt, estimated from the
+rung statistics of the current ladder.
 """
 
 from __future__ import annotations

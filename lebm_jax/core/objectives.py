@@ -89,9 +89,8 @@ class Objective(Protocol):
     def sample(self, params: Params, x: Array, key: Array) -> Samples: ...
 
     def losses(self, params: Params, x: Array, samples: Samples) -> tuple[Losses, Aux]: ...
-
-# `ThermodynamicIntegration`'s sample/losses also take ``temperatures=`` (N,), the ladder to run on instead
-# of its power ladder (the adaptive ladder, carried in the train state); `loss_and_grads` passes it on.
+    # `ThermodynamicIntegration`'s sample/losses also take ``temperatures=`` (N,), the ladder to run on instead
+    # of its power ladder (the adaptive ladder, carried in the train state); `loss_and_grads` passes it on.
 
 
 def _check_num_chains(num_chains: int, name: str) -> None:
