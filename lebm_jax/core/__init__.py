@@ -6,7 +6,7 @@ Pure functions and flax modules; no configs, files or data sets (docs/design.md 
     model            densities of the latent EBM: log π0, log p_α up to Z_α, log p_β(x|z), π_t
     langevin         ULA / MALA short-run chains as pure functions; ChainSpec, the settings of one chain
     exchange         replica exchange (parallel tempering) between neighbouring rungs of a ladder's chains
-    ladder           temperature schedule t_i = (i/(N-1))^p, trapezoid, Friel correction, ti_estimate
+    ladder           temperature schedule t_i = (i/(N-1))^p, trapezoid, Friel correction, ti_estimate, adaptive ladder
     objectives       the Objective interface; "vanilla" and "ti"; loss_and_grads for one batch
     annealing        annealed MALA sweeps through a fine ladder: TI and AIS estimates of log p(x), the pilot
     sampling         prior latents, generation, posterior inference, TI log-likelihood of a trained model

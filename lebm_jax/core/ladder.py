@@ -4,6 +4,10 @@
 
 estimated on rungs t_i = (i/(N-1))^p by the trapezoid rule, optionally with the Friel et al. (2014)
 correction that uses the rung variances V_i = Var_{π_{t_i}}[log p_β(x|z)] (= dE_t/dt).
+
+The adaptive ladder (`adapt_ladder`, design.md §3 "Adaptive ladder") instead re-places the rungs during training
+so that each interval carries an equal share of the thermodynamic length ∫_0^1 √V_t dt, estimated from the
+rung statistics of the current ladder.
 """
 
 from __future__ import annotations
@@ -90,3 +94,100 @@ def ti_estimate(ts: Array, log_lik: Array, extra: Array | None = None) -> TIEsti
         return TIEstimate(log_px, rung_mean, None, None)
     rung_var = jnp.var(log_lik, axis=1, ddof=1)  # (T, B)
     return TIEstimate(log_px, rung_mean, rung_var, log_px + friel_correction(ts, rung_var))
+
+
+def check_adaptation(adapt_every: int, adapt_decay: float) -> None:
+    """Raises ValueError naming the field when (ti.adapt_every, ti.adapt_decay) do not define an adaptation."""
+    if isinstance(adapt_every, bool) or not isinstance(adapt_every, int) or adapt_every < 0:
+        raise ValueError(f"ti.adapt_every={adapt_every!r}: must be an int >= 0 (0: the fixed power ladder)")
+    if isinstance(adapt_decay, bool) or not isinstance(adapt_decay, (int, float)) or not 0.0 <= adapt_decay < 1.0:
+        raise ValueError(f"ti.adapt_decay={adapt_decay!r}: the moving average's rate must be a number in [0, 1)")
+
+
+def interval_lengths(ts: Array, rung_mean: Array, rung_var: Array | None = None, substeps: int = 32) -> Array:
+    """Estimates of the thermodynamic length ∫_{t_{i−1}}^{t_i} √V_t dt of each interval, (N−1,).
+
+    Without variances: √(Δt_i (E_i − E_{i−1})), i.e. √V_t taken constant on the interval at its exact mean
+    (E_i − E_{i−1})/Δt_i (V = dE/dt); Δt_i ΔE_i is the symmetric KL divergence between π_{t_{i−1}} and π_{t_i}.
+    With the rung variances V_i: log V interpolated linearly between the rungs (``substeps`` trapezoid
+    panels per interval), which follows the near-geometric decay of V_t where it is steep. Negative
+    estimates count as 0; NaN stays NaN (the caller's guard).
+    """
+    dt = jnp.diff(ts)
+    if rung_var is None:
+        return jnp.sqrt(dt * jnp.maximum(jnp.diff(rung_mean), 0.0))
+    tiny = jnp.finfo(rung_var.dtype).tiny
+    log_v = jnp.log(jnp.maximum(rung_var, tiny))  # (N,)
+    u = jnp.linspace(0.0, 1.0, substeps + 1, dtype=ts.dtype)  # (M + 1,)
+    root_v = jnp.exp(0.5 * (log_v[:-1, None] * (1.0 - u) + log_v[1:, None] * u))  # (N − 1, M + 1)
+    panels = 0.5 * (root_v[:, 1:] + root_v[:, :-1]) / substeps
+    return dt * jnp.sum(panels, axis=1)
+
+
+def equal_length_ladder(ts: Array, lengths: Array, floor: float = 1e-3) -> Array:
+    """The rungs that split the thermodynamic length into N−1 equal shares, from the current rungs ``ts``
+    (N,) and the estimated lengths of their intervals (N−1,) (`interval_lengths`).
+
+    The density √V_t is taken constant inside each current interval, so the cumulative length is piecewise
+    linear in t and inverting it is linear interpolation. Guards: the density is floored at ``floor`` times
+    its mean over [0, 1], so every interval keeps some rungs' worth of weight; t_0 = 0 and t_{N−1} = 1
+    exactly; if any length is NaN or infinite, the total is not positive, or the result is not strictly
+    increasing, the current ladder ``ts`` is returned unchanged.
+    """
+    dt = jnp.diff(ts)
+    total = jnp.sum(lengths)
+    usable = jnp.all(jnp.isfinite(lengths)) & (total > 0)
+    safe = jnp.where(usable, lengths, dt)
+    safe = jnp.maximum(safe, floor * jnp.sum(safe) * dt)  # the floored density, times Δt_i
+    cum = jnp.concatenate([jnp.zeros((1,), ts.dtype), jnp.cumsum(safe)])  # (N,) strictly increasing
+    targets = cum[-1] * jnp.arange(ts.shape[0], dtype=ts.dtype) / (ts.shape[0] - 1)
+    new = jnp.interp(targets, cum, ts)
+    new = new.at[0].set(0.0).at[-1].set(1.0)
+    ok = usable & jnp.all(jnp.diff(new) > 0)
+    return jnp.where(ok, new, ts)
+
+
+class AdaptiveLadder(NamedTuple):
+    """The adaptive ladder carried in the train state (design.md §3, "Adaptive ladder").
+
+    temperatures: (N,) the rungs the next step runs on; t_0 = 0, t_{N−1} = 1.
+    log_lik:      (N,) exponential moving average of the batch-mean rung means Ê_i since the last placement,
+                  weighted (not yet divided by ``weight``).
+    variance:     (N,) the same for the batch-mean rung variances V̂_i (zeros with one chain per example).
+    weight:       () the moving average's total weight 1 − decay^n after n steps (its bias correction).
+    """
+
+    temperatures: Array
+    log_lik: Array
+    variance: Array
+    weight: Array
+
+
+def initial_adaptive_ladder(num_temps: int, power: float) -> AdaptiveLadder:
+    """Starts from the power ladder t_i = (i/(N−1))^p with an empty average."""
+    ts = power_schedule(num_temps, power)
+    return AdaptiveLadder(ts, jnp.zeros_like(ts), jnp.zeros_like(ts), jnp.zeros((), ts.dtype))
+
+
+def adapt_ladder(state: AdaptiveLadder, step: Array, rung_mean: Array, rung_var: Array | None, every: int,
+                 decay: float) -> AdaptiveLadder:
+    """One training step's update: fold the step's rung statistics (N,) into the moving average, and when
+    ``step + 1`` is a multiple of ``every`` place new rungs at equal thermodynamic length from it
+    (`interval_lengths` with the variances when given, `equal_length_ladder`) and restart the average.
+
+    The ladder a step runs on therefore changes only at steps that are multiples of ``every``.
+    """
+    keep = jnp.asarray(decay, rung_mean.dtype)
+    log_lik = keep * state.log_lik + (1 - keep) * rung_mean
+    variance = state.variance if rung_var is None else keep * state.variance + (1 - keep) * rung_var
+    weight = keep * state.weight + (1 - keep)
+    due = (step + 1) % every == 0
+    var_mean = None if rung_var is None else variance / weight
+    placed = equal_length_ladder(state.temperatures, interval_lengths(state.temperatures, log_lik / weight, var_mean))
+    zero = jnp.zeros_like(weight)
+    return AdaptiveLadder(
+        temperatures=jnp.where(due, placed, state.temperatures),
+        log_lik=jnp.where(due, jnp.zeros_like(log_lik), log_lik),
+        variance=jnp.where(due, jnp.zeros_like(variance), variance),
+        weight=jnp.where(due, zero, weight),
+    )

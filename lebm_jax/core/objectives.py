@@ -89,6 +89,8 @@ class Objective(Protocol):
     def sample(self, params: Params, x: Array, key: Array) -> Samples: ...
 
     def losses(self, params: Params, x: Array, samples: Samples) -> tuple[Losses, Aux]: ...
+    # `ThermodynamicIntegration`'s sample/losses also take ``temperatures=`` (N,), the ladder to run on instead
+    # of its power ladder (the adaptive ladder, carried in the train state); `loss_and_grads` passes it on.
 
 
 def _check_num_chains(num_chains: int, name: str) -> None:
@@ -237,6 +239,11 @@ class ThermodynamicIntegration:
     ``exchange_every`` > 0 adds replica exchange between neighbouring rungs after every ``exchange_every``
     posterior Langevin steps (it must divide them); each pair's swap acceptance is logged as
     ``swap_accept/i`` for the pair (i, i+1). 0, the default, leaves the rungs' chains independent.
+
+    ``temperatures`` (N,), given to ``sample`` and ``losses``, replaces the power ladder (it must have
+    t_0 = 0 exactly). ``adapt_every`` > 0 asks the training step to carry an adaptive ladder
+    (`ladder.AdaptiveLadder`, re-placed every ``adapt_every`` steps from a moving average of rate
+    ``adapt_decay``, design.md §3 "Adaptive ladder") and pass it here; the objective itself only reads it.
     """
 
     model: LatentEBM
@@ -247,11 +254,14 @@ class ThermodynamicIntegration:
     gradient: str = "pathwise"
     num_chains: int = 1
     exchange_every: int = 0
+    adapt_every: int = 0
+    adapt_decay: float = 0.9
 
     def __post_init__(self):
         self.prior_chain.validate("prior_chain")
         self.posterior_chain.validate("posterior_chain")
         ladder.check_ladder(self.num_temps, self.power)
+        ladder.check_adaptation(self.adapt_every, self.adapt_decay)
         _check_num_chains(self.num_chains, "ti.num_chains")
         exchange.check_exchange_every(self.exchange_every, self.posterior_chain.num_steps, "ti.exchange_every")
         if self.gradient not in TI_GRADIENTS:
@@ -266,18 +276,26 @@ class ThermodynamicIntegration:
     def temperatures(self) -> Array:
         return ladder.power_schedule(self.num_temps, self.power)
 
-    def sample_posteriors(self, params: Params, x: Array, keys: Array) -> ChainResult | exchange.ExchangeResult:
+    def _ladder(self, temperatures: Array | None) -> Array:
+        if temperatures is None:
+            return self.temperatures
+        if temperatures.shape != (self.num_temps,):
+            raise ValueError(f"temperatures of shape {temperatures.shape}: expected ({self.num_temps},)")
+        return temperatures
+
+    def sample_posteriors(self, params: Params, x: Array, keys: Array, temperatures: Array | None = None
+                          ) -> ChainResult | exchange.ExchangeResult:
         """The ladder's chains, one batch over all rungs: z (T, S, B, nz); keys (B,) one per example.
         t_0 = 0 exactly, so the first rung's chains run without the generator. With ``exchange_every`` > 0
         an `exchange.ExchangeResult`, which adds the swap acceptance (T − 1, S, B)."""
-        return sample_power_posteriors(self.model, self.posterior_chain, params, x, keys, self.temperatures,
+        return sample_power_posteriors(self.model, self.posterior_chain, params, x, keys, self._ladder(temperatures),
                                        self.num_chains, prior_rungs=1, exchange_every=self.exchange_every)
 
-    def sample(self, params: Params, x: Array, key: Array) -> Samples:
+    def sample(self, params: Params, x: Array, key: Array, temperatures: Array | None = None) -> Samples:
         self.model.check_data(x)
         k_prior, k_post = split_keys(example_keys(key, x.shape[0]), 2, key_axis=0)  # each (B,)
         prior = sample_prior(self, params, k_prior)
-        rungs = self.sample_posteriors(params, x, k_post)
+        rungs = self.sample_posteriors(params, x, k_post, temperatures)
         diag = {
             **_chain_diagnostics("prior", prior),
             **_chain_diagnostics("posterior", jax.tree.map(lambda a: a[-1], rungs)),
@@ -287,8 +305,9 @@ class ThermodynamicIntegration:
             per_rung["swap_accept"] = jnp.mean(rungs.swap_accept, axis=(1, 2))  # (T − 1,): pair (i, i+1)
         return Samples(prior.z, rungs.z, diag, per_rung)
 
-    def losses(self, params: Params, x: Array, samples: Samples) -> tuple[Losses, Aux]:
-        ts = self.temperatures
+    def losses(self, params: Params, x: Array, samples: Samples, temperatures: Array | None = None
+               ) -> tuple[Losses, Aux]:
+        ts = self._ladder(temperatures)
         ell = self.model.log_likelihood(params["gen"], x, samples.z_posterior)  # (T, S, B)
         extra = None
         if self.gradient == "fisher":
@@ -322,27 +341,32 @@ def make_objective(
     power: float = 1.0,
     gradient: str = "pathwise",
     exchange_every: int = 0,
+    adapt_every: int = 0,
+    adapt_decay: float = 0.9,
 ) -> Objective:
-    """The objective named ``variant`` ("vanilla" or "ti"); ladder and exchange settings apply to "ti" only."""
+    """The objective named ``variant`` ("vanilla" or "ti"); ladder, exchange and adaptation settings apply to
+    "ti" only."""
     if variant == "vanilla":
         return Vanilla(model, prior_chain, posterior_chain, num_chains)
     if variant == "ti":
         return ThermodynamicIntegration(model, prior_chain, posterior_chain, num_temps, power, gradient, num_chains,
-                                        exchange_every)
+                                        exchange_every, adapt_every, adapt_decay)
     raise ValueError(f"variant={variant!r} is not one of {VARIANTS}")
 
 
-def loss_and_grads(objective: Objective, params: Params, x: Array, key: Array) -> GradientResult:
+def loss_and_grads(objective: Objective, params: Params, x: Array, key: Array,
+                   temperatures: Array | None = None) -> GradientResult:
     """Both parameter gradients for one batch, from one chain run and one backward pass.
 
     Samples are drawn at ``stop_gradient(params)``; the gradient of loss_E + loss_G is taken with them
     fixed. Since loss_E depends on α only and loss_G on β only, its "ebm" part is ∂loss_E/∂α and its
-    "gen" part ∂loss_G/∂β.
+    "gen" part ∂loss_G/∂β. ``temperatures`` (ti only): the ladder to run on instead of the objective's own.
     """
-    samples = objective.sample(jax.lax.stop_gradient(params), x, key)
+    ladder_arg = {} if temperatures is None else {"temperatures": temperatures}
+    samples = objective.sample(jax.lax.stop_gradient(params), x, key, **ladder_arg)
 
     def total(p):
-        losses, aux = objective.losses(p, x, samples)
+        losses, aux = objective.losses(p, x, samples, **ladder_arg)
         return losses.ebm + losses.gen, (losses, aux)
 
     (_, (losses, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import optax
 
-from lebm_jax.core import backend
+from lebm_jax.core import backend, ladder
 from lebm_jax.core.langevin import ChainSpec
 from lebm_jax.core.model import LatentEBM, image_model
 from lebm_jax.core.objectives import Objective, make_objective
@@ -64,7 +64,16 @@ def build_objective(config: ml_collections.ConfigDict, model: LatentEBM) -> Obje
         power=ti.power,
         gradient=ti.gradient,
         exchange_every=ti.exchange_every,
+        adapt_every=ti.adapt_every,
+        adapt_decay=ti.adapt_decay,
     )
+
+
+def initial_ladder(config: ml_collections.ConfigDict) -> ladder.AdaptiveLadder | None:
+    """The adaptive ladder a ti run with ``ti.adapt_every`` > 0 starts from (its power ladder); else None."""
+    if config.variant != "ti" or not config.ti.adapt_every:
+        return None
+    return ladder.initial_adaptive_ladder(config.ti.num_temps, config.ti.power)
 
 
 def learning_rates(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict[str, Callable]:

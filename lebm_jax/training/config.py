@@ -58,6 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.ti.num_chains = 1  # chains per example and rung (fisher needs >= 2)
     c.ti.exchange_every = 0  # posterior Langevin steps between replica-exchange rounds of neighbouring rungs;
     #                          0 = none (the rungs' chains independent); must divide posterior_chain.num_steps
+    c.ti.adapt_every = 0  # training steps between placements of an adaptive ladder at equal thermodynamic length
+    #                       ∫√V_t dt per interval, from the steps' rung statistics (design.md §3); it starts
+    #                       from the power ladder, lives in the train state and is logged as rung_t/i;
+    #                       0 = the fixed power ladder t_i = (i/(N-1))^p
+    c.ti.adapt_decay = 0.9  # rate of the moving average of the rung statistics between placements (weight of
+    #                         the past per step; 0 = the last step only); used only when adapt_every > 0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr_ebm = 2e-5
@@ -226,6 +232,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("ti.exchange_every", every, "must be an int >= 0 (0: no replica exchange)")
     if every and config.posterior_chain.num_steps % every:
         bad("ti.exchange_every", every, f"must divide posterior_chain.num_steps={config.posterior_chain.num_steps}")
+    try:
+        ladder.check_adaptation(config.ti.adapt_every, config.ti.adapt_decay)
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
     for field in ("lr_ebm", "lr_gen"):
         if not _positive(config.optim[field]):
             bad(f"optim.{field}", config.optim[field], "must be a finite number > 0")

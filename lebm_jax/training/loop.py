@@ -123,7 +123,7 @@ def train_and_evaluate(
     lrs = build.learning_rates(config, spe)
     mesh = data_mesh()
     keys = build.run_keys(config.seed)
-    state = create_train_state(model, optimizers, keys.init)
+    state = create_train_state(model, optimizers, keys.init, build.initial_ladder(config))
 
     ckpt = Checkpointer(workdir, config.max_to_keep)
     start = ckpt.latest_step()

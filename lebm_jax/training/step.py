@@ -20,7 +20,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lebm_jax.core import backend
+from lebm_jax.core import backend, ladder
 from lebm_jax.core.devices import AXIS
 from lebm_jax.core.model import LatentEBM
 from lebm_jax.core.objectives import Aux, Losses, Objective, loss_and_grads
@@ -36,12 +36,27 @@ class TrainState(flax.struct.PyTreeNode):
     nonfinite_step: jax.Array  # int32: 0, or 1 + the first step whose loss or update was non-finite
 
 
-def create_train_state(model: LatentEBM, optimizers: dict, key: jax.Array) -> TrainState:
+class AdaptiveTrainState(TrainState):
+    """The train state of a ti run with ``ti.adapt_every`` > 0: also the adaptive ladder and its moving
+    average (design.md §3, "Adaptive ladder"). A subclass rather than an optional field, so that every other
+    run's state, and its checkpoints' tree, are exactly those of `TrainState`."""
+
+    ladder: ladder.AdaptiveLadder
+
+
+def create_train_state(model: LatentEBM, optimizers: dict, key: jax.Array,
+                       adaptive_ladder: ladder.AdaptiveLadder | None = None) -> TrainState:
+    """The state at step 0; an `AdaptiveTrainState` holding ``adaptive_ladder`` (`build.initial_ladder`)
+    when the ti ladder adapts."""
     params = model.init(key)
     opt_state = {name: optimizers[name].init(params[name]) for name in ("ebm", "gen")}
     # distinct buffers: the state is donated to the step, and XLA refuses one buffer donated twice
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                       nonfinite_step=jnp.zeros((), jnp.int32))
+    fields = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
+              "nonfinite_step": jnp.zeros((), jnp.int32)}
+    if adaptive_ladder is None:
+        state = TrainState(**fields)
+    else:
+        state = AdaptiveTrainState(**fields, ladder=adaptive_ladder)
     return jax.tree.map(jnp.copy, state)
 
 
@@ -72,7 +87,9 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
     """One step on this device's share x (b, H, W, C) of the global batch; call inside shard_map/pmap.
 
     Returns the new state (the old one if the loss or update is non-finite, with ``nonfinite_step``
-    set) and the step's metrics, both identical on every device.
+    set) and the step's metrics, both identical on every device. With an adaptive ladder in the state
+    the objective runs on its temperatures, which are logged as ``rung_t/i``, and the ladder is updated
+    from the step's rung statistics averaged over all devices (`ladder.adapt_ladder`).
     """
     b = x.shape[0]
     step_key = jax.random.fold_in(seed_key, state.step)
@@ -81,9 +98,19 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
     # Params enter as device-varying: the gradient of a replicated (invariant) input would come back
     # already summed over devices by shard_map's transpose, and the pmean below would be a no-op.
     params_here = jax.lax.pcast(state.params, AXIS, to="varying")
-    res = loss_and_grads(objective, params_here, x, keys)
+    adaptive = isinstance(state, AdaptiveTrainState)
+    temperatures = state.ladder.temperatures if adaptive else None
+    res = loss_and_grads(objective, params_here, x, keys, temperatures)
     grads = jax.lax.pmean(res.grads, AXIS)
     metrics = jax.lax.pmean(step_metrics(res.losses, res.aux), AXIS)
+    new_ladder = None
+    if adaptive:
+        rung_mean = jax.lax.pmean(res.aux.rungs["rung_log_lik"], AXIS)  # (T,) batch means over all devices
+        rung_var = res.aux.rungs.get("rung_var")
+        rung_var = None if rung_var is None else jax.lax.pmean(rung_var, AXIS)
+        new_ladder = ladder.adapt_ladder(state.ladder, state.step, rung_mean, rung_var, objective.adapt_every,
+                                         objective.adapt_decay)
+        metrics.update({f"rung_t/{i}": temperatures[i] for i in range(temperatures.shape[0])})
 
     params, opt_state = apply_gradients(state.params, state.opt_state, grads, optimizers)
     for name in ("ebm", "gen"):
@@ -91,12 +118,14 @@ def train_step(state: TrainState, x: jax.Array, seed_key: jax.Array, *, objectiv
 
     ok = _all_finite((metrics["loss_ebm"], metrics["loss_gen"], grads, params)) & (state.nonfinite_step == 0)
     keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-    new_state = TrainState(
+    new_state = state.replace(
         step=state.step + 1,
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         nonfinite_step=jnp.where(ok | (state.nonfinite_step > 0), state.nonfinite_step, state.step + 1),
     )
+    if adaptive:
+        new_state = new_state.replace(ladder=jax.tree.map(keep, new_ladder, state.ladder))
     return new_state, metrics
 
 

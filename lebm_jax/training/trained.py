@@ -78,7 +78,8 @@ class Trained:
                 raise ValueError(f"step={step} has no checkpoint in {ckpt.directory}; there are {steps}")
             config = config_lib.from_saved(ckpt.saved_config(step))
             model = build.build_model(config)
-            template = create_train_state(model, build.make_optimizers(config, 1), jax.random.key(0))
+            template = create_train_state(model, build.make_optimizers(config, 1), jax.random.key(0),
+                                          build.initial_ladder(config))
             state = ckpt.restore(step, abstract_like(template), config)
         finally:
             ckpt.close()
