@@ -190,6 +190,27 @@ def test_step_flops_grow_linearly_with_rungs():
     assert ti[5]["step"].total > 4 * vanilla["posterior"].total
 
 
+def test_replica_exchange_adds_one_generator_pass_per_round_and_the_adaptive_ladder_none():
+    """Replica exchange carries ℓ and the score parts through the chain, so its only extra matmuls are the
+    t_0 = 0 rung's generator forward and input gradient once per round (that rung's steps skip the
+    generator); the adaptive ladder's update is elementwise work on (N,) vectors."""
+    k, n, every = 4, 5, 2
+    chains = {"posterior_chain.num_steps": k, "prior_chain.num_steps": k}
+    vanilla = bench.step_flops(tiny_digits(**chains))
+    generator_pass = (vanilla["posterior"].matmul - vanilla["prior"].matmul) / (k + 1)  # one rung, one evaluation
+    ti = {"variant": "ti", "ti.num_temps": n, **chains}
+    plain = bench.step_flops(tiny_digits(**ti))
+    exchange = bench.step_flops(tiny_digits(**ti, **{"ti.exchange_every": every}))
+    assert exchange["posterior"].matmul == pytest.approx(plain["posterior"].matmul + (k // every) * generator_pass,
+                                                         rel=1e-12)
+    assert exchange["prior"].total == plain["prior"].total and exchange["update"].total == plain["update"].total
+    adaptive = bench.step_flops(tiny_digits(**ti, **{"ti.adapt_every": 3}))
+    for piece in ("prior", "posterior", "update"):
+        assert adaptive[piece].total == plain[piece].total
+    assert adaptive["step"].matmul == plain["step"].matmul
+    assert adaptive["step"].total == pytest.approx(plain["step"].total, rel=1e-3)
+
+
 def test_prior_flops_grow_linearly_with_prior_steps():
     f = {k: bench.step_flops(tiny_digits(**{"prior_chain.num_steps": k}))["prior"].matmul for k in (3, 7)}
     assert f[7] / f[3] == pytest.approx(8 / 4, rel=1e-12)

@@ -20,7 +20,7 @@ interact).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +99,83 @@ def _step_size(step_size, z0: Array) -> tuple[Array, Array]:
     return s[..., None], s
 
 
+class ChainState(NamedTuple):
+    """Where a batch of chains stands between steps: the states and what was computed at them.
+
+    z:      (..., nz) states.
+    logp:   (...) log π(z).
+    score:  (..., nz) ∇_z log π(z).
+    extra:  a pytree of per-chain values (leaves with leading shape (...)) computed with them, carried and,
+            under MALA, accepted or rejected together with z (e.g. the parts log π is made of, so that a
+            caller can rebuild log π for another target without evaluating the networks again).
+    """
+
+    z: Array
+    logp: Array
+    score: Array
+    extra: Any = ()
+
+
+Evaluate = Callable[[Array], tuple[Array, Array, Any]]  # z -> (log π(z), ∇ log π(z), extra)
+
+
+def _select(accept: Array, new, old):
+    """Per chain, ``new`` where ``accept`` (...) else ``old``, for every leaf (leading shape (...))."""
+    return jax.tree.map(lambda a, b: jnp.where(accept.reshape(accept.shape + (1,) * (a.ndim - accept.ndim)), a, b),
+                        new, old)
+
+
+def langevin_steps(
+    key: Array,
+    state: ChainState,
+    evaluate: Evaluate,
+    num_steps: int,
+    step_size: float | Array,
+    method: str = "ula",
+    key_axis: int | None = None,
+    unroll: int | bool = 1,
+) -> tuple[ChainState, Array, Array]:
+    """``num_steps`` Langevin steps from ``state`` (its logp, score and extra must be ``evaluate(state.z)``).
+
+    ``evaluate`` is called once per step, at the new (ULA) or proposed (MALA) states, and nowhere else, so a
+    caller can chain calls without evaluating anything twice. Arguments as in `langevin_chain`.
+
+    Returns:
+      (final ChainState, sum over steps of the accept indicators (...), sum over steps of ||score||).
+    """
+    s, s_chain = _step_size(step_size, state.z)  # (..., 1) and (...), or scalars
+    batch_shape = state.z.shape[:-1]
+
+    def ula_step(carry, k):
+        st, acc, gnorm = carry
+        eps = draw(jax.random.normal, k, st.z.shape, st.z.dtype, key_axis)
+        z_new = st.z + 0.5 * s**2 * st.score + s * eps
+        gnorm = gnorm + jnp.linalg.norm(st.score, axis=-1)
+        return (ChainState(z_new, *evaluate(z_new)), acc + 1.0, gnorm), None
+
+    def mala_step(carry, k):
+        st, acc, gnorm = carry
+        k_noise, k_accept = split_keys(k, 2, key_axis)
+        eps = draw(jax.random.normal, k_noise, st.z.shape, st.z.dtype, key_axis)
+        z_prop = st.z + 0.5 * s**2 * st.score + s * eps
+        prop = ChainState(z_prop, *evaluate(z_prop))
+        # log q(z | prop) - log q(prop | z), q(b | a) = N(b; a + (s²/2) ∇log π(a), s² I).
+        fwd = prop.z - st.z - 0.5 * s**2 * st.score  # = s ε
+        bwd = st.z - prop.z - 0.5 * s**2 * prop.score
+        log_q_ratio = (jnp.sum(fwd**2, -1) - jnp.sum(bwd**2, -1)) / (2.0 * s_chain**2)
+        log_alpha = prop.logp - st.logp + log_q_ratio
+        u = draw(jax.random.uniform, k_accept, batch_shape, st.z.dtype, key_axis)
+        accept = jnp.log(u) < log_alpha  # (...)
+        gnorm = gnorm + jnp.linalg.norm(st.score, axis=-1)
+        return (_select(accept, prop, st), acc + accept.astype(st.z.dtype), gnorm), None
+
+    zeros = jnp.zeros_like(state.z[..., 0])  # (...); inherits z's sharding type inside shard_map
+    step = mala_step if method == "mala" else ula_step
+    keys = split_keys(key, num_steps, key_axis)  # (K,) or (K, n)
+    (state, acc, gnorm), _ = jax.lax.scan(step, (state, zeros, zeros), keys, unroll=unroll)
+    return state, acc, gnorm
+
+
 def langevin_chain(
     key: Array,
     z0: Array,
@@ -133,46 +210,15 @@ def langevin_chain(
     """
     _check(z0, num_steps, method)
     _check_keys(key, z0, key_axis)
-    s, s_chain = _step_size(step_size, z0)  # (..., 1) and (...), or scalars
     vs = value_and_score(log_prob_fn)
-    batch_shape = z0.shape[:-1]
 
-    logp0, score0 = vs(z0)
+    def evaluate(z):
+        return (*vs(z), ())
 
-    def ula_step(carry, k):
-        z, _, score, acc, gnorm = carry
-        eps = draw(jax.random.normal, k, z.shape, z.dtype, key_axis)
-        z_new = z + 0.5 * s**2 * score + s * eps
-        _, score_new = vs(z_new)
-        gnorm = gnorm + jnp.linalg.norm(score, axis=-1)
-        return (z_new, logp0, score_new, acc + 1.0, gnorm), None
-
-    def mala_step(carry, k):
-        z, logp, score, acc, gnorm = carry
-        k_noise, k_accept = split_keys(k, 2, key_axis)
-        eps = draw(jax.random.normal, k_noise, z.shape, z.dtype, key_axis)
-        prop = z + 0.5 * s**2 * score + s * eps
-        logp_prop, score_prop = vs(prop)
-        # log q(z | prop) - log q(prop | z), q(b | a) = N(b; a + (s²/2) ∇log π(a), s² I).
-        fwd = prop - z - 0.5 * s**2 * score  # = s ε
-        bwd = z - prop - 0.5 * s**2 * score_prop
-        log_q_ratio = (jnp.sum(fwd**2, -1) - jnp.sum(bwd**2, -1)) / (2.0 * s_chain**2)
-        log_alpha = logp_prop - logp + log_q_ratio
-        u = draw(jax.random.uniform, k_accept, batch_shape, z.dtype, key_axis)
-        accept = jnp.log(u) < log_alpha  # (...)
-        z = jnp.where(accept[..., None], prop, z)
-        logp = jnp.where(accept, logp_prop, logp)
-        new_score = jnp.where(accept[..., None], score_prop, score)
-        gnorm = gnorm + jnp.linalg.norm(score, axis=-1)
-        return (z, logp, new_score, acc + accept.astype(z.dtype), gnorm), None
-
-    zeros = jnp.zeros_like(z0[..., 0])  # (...); inherits z0's sharding type inside shard_map
-    init = (z0, logp0, score0, zeros, zeros)
-    step = mala_step if method == "mala" else ula_step
-    keys = split_keys(key, num_steps, key_axis)  # (K,) or (K, n)
-    (z, _, _, acc, gnorm), _ = jax.lax.scan(step, init, keys, unroll=unroll)
+    state, acc, gnorm = langevin_steps(key, ChainState(z0, *evaluate(z0)), evaluate, num_steps, step_size, method,
+                                       key_axis, unroll)
     n = max(num_steps, 1)
-    return ChainResult(jax.lax.stop_gradient(z), acc / n, gnorm / n)
+    return ChainResult(jax.lax.stop_gradient(state.z), acc / n, gnorm / n)
 
 
 def sample_base(

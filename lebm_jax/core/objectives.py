@@ -158,11 +158,9 @@ def sample_power_posteriors(
 
     if not exchange_every:
         return chain.run(k, z0, log_density, key_axis=2)
-
-    def log_lik(z):  # (T, S, B, nz) -> (T, S, B), one generator pass
-        return model.log_likelihood(params["gen"], x, z)
-
-    return exchange.exchange_chain(chain, k, z0, log_density, log_lik, temperatures, exchange_every, key_axis=2)
+    return exchange.exchange_chain(
+        chain, k, z0, lambda z: model.log_likelihood(params["gen"], x, z), lambda z: model.log_prior(params["ebm"], z),
+        temperatures, exchange_every, key_axis=2, prior_rungs=prior_rungs)
 
 
 def _ebm_terms(model: LatentEBM, params_ebm: Params, z_prior: Array, z_post: Array) -> tuple[Array, Array, dict]:
