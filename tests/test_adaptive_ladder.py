@@ -23,10 +23,12 @@ from config_files import load_config
 from jax.experimental.compilation_cache import compilation_cache
 from tiny import tiny_config
 
-from lebm_jax.core import ladder
+from lebm_jax.api import Trained
+from lebm_jax.core import ladder, sampling
 from lebm_jax.core.langevin import ChainSpec
 from lebm_jax.core.objectives import loss_and_grads, make_objective
 from lebm_jax.data import datasets as data
+from lebm_jax.data.images import to_float
 from lebm_jax.training import build, loop
 from lebm_jax.training import config as config_lib
 from lebm_jax.training.step import TrainState, create_train_state, step_metrics
@@ -228,6 +230,30 @@ def test_training_with_mala_two_chains_and_exchange(tmp_path, dataset):
     check_ladders(logged_ladders(rows, 5))
     assert all(f"swap_accept/{i}" in rows[-1] and f"rung_var/{i}" in rows[-1] for i in range(4))
     assert result.state.ladder.variance.shape == (5,)
+
+    # From Python: the checkpoint's adapted ladder, and the training estimator on it with the run's exchange
+    trained = Trained.load(str(tmp_path))
+    np.testing.assert_array_equal(trained.ladder, np.asarray(result.state.ladder.temperatures))
+    x = dataset.test[:3]
+    key = jax.random.key(5)
+    est = trained.training_log_likelihood(x, key, num_chains=2)
+    np.testing.assert_array_equal(est["temperatures"], trained.ladder)
+    assert est["swap_accept"].shape == (4, 3) and est["log_px_friel"].shape == (3,)
+    direct = sampling.ti_log_likelihood(trained.model, build.posterior_chain(trained.config),
+                                        trained.params, jnp.asarray(to_float(x)), key, num_chains=2,
+                                        temperatures=jnp.asarray(trained.ladder), exchange_every=3)
+    np.testing.assert_allclose(est["log_px"], direct["log_px"], rtol=1e-5)
+    np.testing.assert_array_equal(est["swap_accept"], direct["swap_accept"])
+    # overrides: a power ladder, no exchange, ULA; bad ones name the problem
+    ula = trained.training_log_likelihood(x, key, power=2.0, exchange_every=0, method="ula")
+    np.testing.assert_allclose(ula["temperatures"], (np.arange(5) / 4) ** 2.0, rtol=1e-6)
+    assert "swap_accept" not in ula and np.all(np.isfinite(ula["log_px"]))
+    with pytest.raises(ValueError, match=r"temperatures=\[0.0, 0.6, 0.5, 1.0\]: a ladder must increase strictly"):
+        trained.training_log_likelihood(x, key, temperatures=[0.0, 0.6, 0.5, 1.0])
+    with pytest.raises(ValueError, match=r"exchange_every=2 must divide the posterior chain's num_steps=3"):
+        trained.training_log_likelihood(x, key, exchange_every=2)
+    with pytest.raises(ValueError, match=r"method='hmc' is not one of"):
+        trained.training_log_likelihood(x, key, method="hmc")
 
 
 def test_off_by_default_the_state_and_the_step_are_those_of_the_fixed_ladder():

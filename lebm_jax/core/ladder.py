@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -27,6 +28,18 @@ def check_ladder(num_temps: int, power: float) -> None:
         raise ValueError(f"ti.num_temps={num_temps!r}: a ladder needs an int of at least 2 rungs (t=0 and t=1)")
     if not (isinstance(power, (int, float)) and float(power) > 0.0 and math.isfinite(power)):
         raise ValueError(f"ti.power={power!r}: the schedule power must be a finite number > 0")
+
+
+def check_temperatures(temperatures, where: str = "temperatures") -> np.ndarray:
+    """A given ladder as a float32 numpy array (N,), or a ValueError naming ``where``: at least 2 finite rungs,
+    strictly increasing, t_0 = 0 exactly (its chains skip the generator) and t_{N−1} = 1 (the integral's end)."""
+    ts = np.asarray(temperatures, np.float32)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"{where} of shape {ts.shape}: a ladder is a vector of at least 2 rungs")
+    if not np.all(np.isfinite(ts)) or ts[0] != 0.0 or ts[-1] != 1.0 or not np.all(np.diff(ts) > 0):
+        raise ValueError(f"{where}={[round(float(t), 6) for t in ts]}: a ladder must increase strictly from exactly 0 to "
+                         "exactly 1")
+    return ts
 
 
 def power_schedule(num_temps: int, power: float, dtype=jnp.float32) -> Array:

@@ -83,21 +83,29 @@ def ti_log_likelihood(
     num_temps: int = 10,
     power: float = 1.0,
     num_chains: int = 1,
+    temperatures: Array | None = None,
+    exchange_every: int = 0,
 ) -> dict:
-    """Thermodynamic-integration estimate of log p(x) per example (trapezoid over t_i = (i/(N−1))^p).
+    """Thermodynamic-integration estimate of log p(x) per example: the trapezoid over the ladder
+    t_i = (i/(N−1))^p, or over ``temperatures`` (N,) when given (e.g. a run's adapted ladder; it must increase
+    from exactly 0 to exactly 1, which `lebm_jax.core.ladder.check_temperatures` checks on the host), with replica exchange between neighbouring rungs after every
+    ``exchange_every`` posterior steps when positive (design.md §3).
 
-    Returns {"log_px": (B,), "rung_log_lik": (N, B)} and, with num_chains ≥ 2, "friel_reliable": (B,) bool
-    (`lebm_jax.core.annealing.friel_reliable`) and the Friel-corrected "log_px_friel": (B,), NaN where the
-    rule does not vouch for it (`lebm_jax.core.ladder.ti_estimate`, design.md §3, §9). The log p(x) is that
-    of the model with the normalised prior p_α. This is the training estimator on a ladder of one's
-    choosing; for the held-out protocol's estimate see `lebm_jax.core.annealing.estimate`.
+    Returns {"log_px": (B,), "rung_log_lik": (N, B), "temperatures": (N,)}; with replica exchange also
+    "swap_accept": (N − 1, B), each pair's acceptance over rounds and chains; with num_chains ≥ 2 also
+    "friel_reliable": (B,) bool (`lebm_jax.core.annealing.friel_reliable`) and the Friel-corrected
+    "log_px_friel": (B,), NaN where the rule does not vouch for it (`lebm_jax.core.ladder.ti_estimate`, design.md
+    §3, §9). The log p(x) is that of the model with the normalised prior p_α. This is the training estimator on
+    a ladder of one's choosing; for the held-out protocol's estimate see `lebm_jax.core.annealing.estimate`.
     """
     model.check_data(x)
-    ts = ladder.power_schedule(num_temps, power)
+    ts = ladder.power_schedule(num_temps, power) if temperatures is None else jnp.asarray(temperatures, jnp.float32)
     res = sample_power_posteriors(model, chain, params, x, example_keys(key, x.shape[0]), ts, num_chains,
-                                  prior_rungs=1)  # t_0 = 0
+                                  prior_rungs=1, exchange_every=exchange_every)  # t_0 = 0
     est = ladder.ti_estimate(ts, model.log_likelihood(params["gen"], x, res.z))  # ℓ: (N, S, B)
-    out = {"log_px": est.log_px, "rung_log_lik": est.rung_mean}
+    out = {"log_px": est.log_px, "rung_log_lik": est.rung_mean, "temperatures": ts}
+    if exchange_every:
+        out["swap_accept"] = jnp.mean(res.swap_accept, axis=1)
     if est.log_px_friel is not None:
         reliable = annealing.friel_reliable(est.rung_var)
         out["friel_reliable"] = reliable

@@ -6,6 +6,7 @@
     z = model.posterior(images, jax.random.key(1))   # z ~ p(z|x), (64, nz); t=0.5 for π_t
     est = model.log_likelihood(images)               # log p(x): the held-out protocol's TI and AIS
     est = model.training_log_likelihood(images, jax.random.key(2), num_temps=20)  # a training ladder's TI
+    est = model.training_log_likelihood(images, jax.random.key(2), exchange_every=5)  # ... with replica exchange
 
 Every method is jitted once per distinct argument shape; the chain settings are the run's config
 (``prior_chain``, ``posterior_chain``, ``ti``, ``loglik``) unless overridden.
@@ -28,8 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from lebm_jax.core import annealing, sampling
+from lebm_jax.core import annealing, exchange, ladder, sampling
+from lebm_jax.core.langevin import METHODS
 from lebm_jax.core.model import LatentEBM
 from lebm_jax.data.images import as_model_images
 from lebm_jax.measure.loglik import sweep_spec
@@ -61,6 +64,7 @@ class Trained:
     params: Any  # {"ebm": ..., "gen": ...}
     step: int
     workdir: str
+    ladder: Any = None  # (N,) numpy: the adapted TI ladder of a run with ti.adapt_every > 0, at this checkpoint
 
     @classmethod
     def load(cls, workdir: str, step: int | None = None) -> Trained:
@@ -83,7 +87,9 @@ class Trained:
             state = ckpt.restore(step, abstract_like(template), config)
         finally:
             ckpt.close()
-        return cls(config, model, jax.device_get(state.params), int(step), os.path.abspath(workdir))
+        adapted = getattr(state, "ladder", None)
+        ladder = None if adapted is None else np.asarray(jax.device_get(adapted.temperatures))
+        return cls(config, model, jax.device_get(state.params), int(step), os.path.abspath(workdir), ladder)
 
     # --- chains -----------------------------------------------------------------------------------
     @functools.cached_property
@@ -104,8 +110,10 @@ class Trained:
             "posterior": jax.jit(lambda p, x, k, t: sampling.posterior_latents(m, self._posterior_chain, p, x, k, t).z),
             "decode": jax.jit(lambda p, z: m.generate(p["gen"], z)),
             "ti": jax.jit(
-                lambda p, x, k, n, pw, s: sampling.ti_log_likelihood(m, self._posterior_chain, p, x, k, n, pw, s),
-                static_argnums=(3, 4, 5),
+                lambda p, x, k, ts, s, every, method: sampling.ti_log_likelihood(
+                    m, dataclasses.replace(self._posterior_chain, method=method), p, x, k, num_chains=s,
+                    temperatures=ts, exchange_every=every),
+                static_argnums=(4, 5, 6),
             ),
         }
 
@@ -168,14 +176,36 @@ class Trained:
 
     def training_log_likelihood(
         self, x, key: Array, num_temps: int | None = None, power: float | None = None, num_chains: int = 1,
-        *, assume_range: str | None = None,
+        *, temperatures=None, exchange_every: int | None = None, method: str | None = None,
+        assume_range: str | None = None,
     ) -> dict:
-        """TI estimate of log p(x) per image: {"log_px": (B,), "rung_log_lik": (N, B)[, "friel_reliable",
-        "log_px_friel"]} (the Friel-corrected value NaN where `annealing.friel_reliable` refuses it).
+        """TI estimate of log p(x) per image, the training estimator (`sampling.ti_log_likelihood`):
+        {"log_px": (B,), "rung_log_lik": (N, B), "temperatures": (N,)[, "swap_accept": (N − 1, B)][,
+        "friel_reliable", "log_px_friel"]} (the Friel-corrected value NaN where `annealing.friel_reliable` refuses
+        it).
 
-        Defaults to the run's ladder (config.ti); the posterior chain settings are the run's. x as for `posterior`.
+        The ladder defaults to the run's: its adapted ladder at this checkpoint (``self.ladder``) for a run with
+        ``ti.adapt_every`` > 0, else t_i = (i/(N−1))^p with the run's ``ti.num_temps`` and ``ti.power``. Giving
+        ``num_temps`` or ``power`` asks for a power ladder (the other from the run); ``temperatures`` gives the
+        rungs themselves (increasing from exactly 0 to exactly 1). ``exchange_every`` (default the run's
+        ``ti.exchange_every``; 0: none) adds replica exchange, and it must divide the posterior chain's
+        num_steps; ``method`` ("ula" or "mala", default the run's) is the posterior chain's. x as for `posterior`.
         """
-        x = self._images(x, "Trained.training_log_likelihood", assume_range)
-        n = int(num_temps if num_temps is not None else self.config.ti.num_temps)
-        pw = float(power if power is not None else self.config.ti.power)
-        return self._jitted["ti"](self.params, x, key, n, pw, int(num_chains))
+        where = "Trained.training_log_likelihood"
+        x = self._images(x, where, assume_range)
+        if temperatures is not None:
+            if num_temps is not None or power is not None:
+                raise ValueError(f"{where}: give temperatures or num_temps/power, not both")
+            ts = ladder.check_temperatures(temperatures, f"{where}: temperatures")
+        elif num_temps is None and power is None and self.ladder is not None:
+            ts = self.ladder
+        else:
+            n = int(num_temps if num_temps is not None else self.config.ti.num_temps)
+            pw = float(power if power is not None else self.config.ti.power)
+            ts = np.asarray(ladder.power_schedule(n, pw))
+        every = self.config.ti.exchange_every if exchange_every is None else exchange_every
+        exchange.check_exchange_every(every, self._posterior_chain.num_steps, f"{where}: exchange_every")
+        method = self._posterior_chain.method if method is None else method
+        if method not in METHODS:
+            raise ValueError(f"{where}: method={method!r} is not one of {METHODS}")
+        return self._jitted["ti"](self.params, x, key, jnp.asarray(ts), int(num_chains), int(every), method)
