@@ -216,6 +216,22 @@ def test_prior_flops_grow_linearly_with_prior_steps():
     assert f[7] / f[3] == pytest.approx(8 / 4, rel=1e-12)
 
 
+def test_summary_rows_name_the_ti_options():
+    """A row says which ti options ran; a result saved before the option fields existed reads as plain."""
+    def result(**options):
+        header = {"config": "configs/digits.py", "variant": "ti", "batch_size": 100, "rungs": 10,
+                  "generator_widths": [32, 16], **options}
+        return {"mode": "train", "header": header, "step": {"median_ms": 250.0, "images_per_s": 400.0},
+                "flops": {"per_step": 1.2e10, "achieved_gflops_per_s": 48.0, "peak_matmul_gflops_per_device": 90.0,
+                          "efficiency": 0.533}}
+
+    rows = bench.summary_table([result(), result(exchange_every=5), result(adapt_every=10),
+                                result(exchange_every=0, adapt_every=0)]).splitlines()[2:]
+    labels = [row.strip("|").split("|")[1].strip() for row in rows]
+    assert labels == ["ti", "ti +RE/5", "ti +adaptive/10", "ti"]
+    assert all("250.0 ms" in row and "53.3 %" in row for row in rows)
+
+
 # --- the CLI ------------------------------------------------------------------------------------------
 TINY_FLAGS = [f"--config.{k}={v}".replace(" ", "") for k, v in TINY.items()] + ["--matmul_size=64", "--warmup=1"]
 

@@ -33,7 +33,7 @@ def format_header(h: dict) -> str:
     return (
         f"backend {h['backend']}: {h['device_count']} x {h['device_kind']} ({h['process_count']} process(es)), "
         f"jax {h['jax_version']}\n"
-        f"config {h['config']}  variant {h['variant']}  batch {h['batch_size']}  image {tuple(h['image_shape'])}  "
+        f"config {h['config']}  variant {variant_label(h)}  batch {h['batch_size']}  image {tuple(h['image_shape'])}  "
         f"nz {h['latent_dim']}\n"
         f"chains: prior {h['prior_steps']} steps, posterior {h['posterior_steps']} steps x {h['rungs']} rung(s) "
         f"x {h['chains_per_example']} chain(s)/example; {h['steps_per_dispatch']} step(s) per dispatch"
@@ -145,6 +145,17 @@ def _gflop(flops: float) -> str:
     return f"{g:,.0f}" if g >= 100 else f"{g:.3g}"
 
 
+def variant_label(header: dict) -> str:
+    """"ti", or with its options "ti +RE/5" (replica exchange every 5 posterior steps) and "ti +adaptive/10"
+    (ladder re-placed every 10 training steps); results saved before these fields existed read as without."""
+    label = header["variant"]
+    if header.get("exchange_every"):
+        label += f" +RE/{header['exchange_every']}"
+    if header.get("adapt_every"):
+        label += f" +adaptive/{header['adapt_every']}"
+    return label
+
+
 def summary_table(results: list[dict]) -> str:
     """One Markdown row per `benchmark_train` result (as written with ``--json``): the step's median
     time, throughput, FLOPs, achieved rate and share of the matmul peak, and the biggest phase."""
@@ -159,7 +170,7 @@ def summary_table(results: list[dict]) -> str:
         step = f"{s['median_ms'] / 1e3:.2f} s" if s["median_ms"] >= 1000 else f"{s['median_ms']:.1f} ms"
         posterior = f"{r['phases']['posterior']['pct']:.0f} %" if "phases" in r else "—"
         lines.append(
-            f"| {h['config']} | {h['variant']} | {h['batch_size']} | {h['rungs']} | {widths} | {step} | "
+            f"| {h['config']} | {variant_label(h)} | {h['batch_size']} | {h['rungs']} | {widths} | {step} | "
             f"{s['images_per_s']:.1f} | {_gflop(f['per_step'])} | {f['achieved_gflops_per_s']:.1f} | "
             f"{f['peak_matmul_gflops_per_device']:.0f} | {100 * f['efficiency']:.1f} % | {posterior} |"
         )

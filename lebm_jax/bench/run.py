@@ -68,6 +68,8 @@ def _header(config: ml_collections.ConfigDict, config_name: str | None) -> dict:
         "posterior_steps": config.posterior_chain.num_steps,
         "rungs": config.ti.num_temps if ti else 1,
         "chains_per_example": config.ti.num_chains if ti else 1,
+        "exchange_every": config.ti.exchange_every if ti else 0,
+        "adapt_every": config.ti.adapt_every if ti else 0,
         "generator_widths": list(_generator_widths(config)),
     }
 
