@@ -208,7 +208,8 @@ def test_replica_exchange_adds_one_generator_pass_per_round_and_the_adaptive_lad
     for piece in ("prior", "posterior", "update"):
         assert adaptive[piece].total == plain[piece].total
     assert adaptive["step"].matmul == plain["step"].matmul
-    assert adaptive["step"].total == pytest.approx(plain["step"].total, rel=1e-3)
+    # the update of the ladder is in the step (a few hundred FLOPs on (N,) vectors), and nothing else is
+    assert 0 < adaptive["step"].total - plain["step"].total < 1e-5 * plain["step"].total
 
 
 def test_prior_flops_grow_linearly_with_prior_steps():

@@ -140,7 +140,7 @@ def step_flops(config: ml_collections.ConfigDict) -> dict[str, FlopCount]:
     model, objective, optimizers = _setup(config)
     k, devices, mesh = config.steps_per_dispatch, jax.device_count(), data_mesh()
     key = jax.eval_shape(jax.random.key, 0)
-    state = jax.eval_shape(lambda kk: create_train_state(model, optimizers, kk), key)
+    state = jax.eval_shape(lambda kk: create_train_state(model, optimizers, kk, build.initial_ladder(config)), key)
     image = (config.data.image_size, config.data.image_size, config.data.channels)
     replicated = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P()))  # noqa: E731
     xs = jax.ShapeDtypeStruct((k, config.batch_size) + image, jnp.float32,
@@ -207,7 +207,9 @@ def benchmark_train(
     devices = jax.device_count()
     mesh = data_mesh()
     k_init, seed_key = jax.random.split(jax.random.key(seed))
-    state = jax.device_put(create_train_state(model, optimizers, k_init), NamedSharding(mesh, P()))
+    # the state the run would have: with an adaptive ladder, the step that updates it
+    state = jax.device_put(create_train_state(model, optimizers, k_init, build.initial_ladder(config)),
+                           NamedSharding(mesh, P()))
     images = _random_images(config, 2 * config.batch_size, seed)
 
     input_timing = time_fn(lambda: global_batches(images, config, 0, k, mesh), repeats=3, warmup=1)
