@@ -3,6 +3,7 @@ r"""Benchmark the training step or the samplers of a config on random data (no d
     python -m experiments.benchmark --config configs/svhn.py
     python -m experiments.benchmark --config configs/svhn.py --config.variant=ti --steps 20 --json ti.json
     python -m experiments.benchmark --config configs/digits.py --mode sampler
+    python -m experiments.benchmark --config configs/digits.py --mode options --steps 30   # ti +RE, +adaptive
     python -m experiments.benchmark --config configs/svhn.py --mode evaluation --config.eval.batch_size=100
     python -m experiments.benchmark --summarize vanilla.json,ti.json     # one Markdown table of saved results
 
@@ -10,6 +11,9 @@ r"""Benchmark the training step or the samplers of a config on random data (no d
 warm-up, images/s, the time split between prior chains, posterior chains and the update, FLOPs per
 step counted on the jaxpr (loops × trip count) next to XLA's estimate, achieved GFLOP/s against a
 measured float32 matmul peak, and memory. --mode sampler: prior samples/s and posterior chains/s.
+--mode options: the ti step plain, with replica exchange (--exchange_every) and with the adaptive ladder
+(--adapt_every), compiled in one process and timed in turn, one dispatch of each per round; each one's time
+and FLOPs relative to plain ti.
 --mode evaluation: images/s of the generation and the Inception-v3 feature extraction that a sample-quality
 evaluation runs (eval.batch_size images per call), and the seconds one evaluation of eval.num_samples costs.
 See lebm_jax.bench.run and lebm_jax.bench.flops for what each number means.
@@ -29,7 +33,11 @@ from experiments import _cli
 flags.adopt_module_key_flags(_cli)  # --traceback in --helpshort
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sampler", "evaluation"], "What to benchmark.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sampler", "evaluation", "options"], "What to benchmark.")
+_EXCHANGE_EVERY = flags.DEFINE_integer("exchange_every", 5, "--mode options: ti.exchange_every of the replica-"
+                                       "exchange program (0: leave it out).")
+_ADAPT_EVERY = flags.DEFINE_integer("adapt_every", 10, "--mode options: ti.adapt_every of the adaptive-ladder "
+                                    "program (0: leave it out).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Training steps (train) or calls (sampler, evaluation) to time, at least 10.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Dispatches run after compilation and before timing (train).")
 _PHASES = flags.DEFINE_bool("phases", True, "Also time prior chains, posterior chains and the update apart (train).")
@@ -71,6 +79,10 @@ def main(argv):
     if _MODE.value == "train":
         result = bench.benchmark_train(config, steps=_STEPS.value, warmup=_WARMUP.value, phases=_PHASES.value,
                                       **common)
+    elif _MODE.value == "options":
+        result = bench.benchmark_ti_options(config, steps=_STEPS.value, warmup=_WARMUP.value,
+                                            exchange_every=_EXCHANGE_EVERY.value, adapt_every=_ADAPT_EVERY.value,
+                                            config_name=name, allow_few_steps=_ALLOW_FEW_STEPS.value)
     elif _MODE.value == "sampler":
         result = bench.benchmark_sampler(config, repeats=_STEPS.value, **common)
     else:

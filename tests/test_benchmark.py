@@ -217,6 +217,28 @@ def test_prior_flops_grow_linearly_with_prior_steps():
     assert f[7] / f[3] == pytest.approx(8 / 4, rel=1e-12)
 
 
+def test_options_benchmark_times_each_ti_option_against_plain_ti():
+    """--mode options: three programs compiled in one process and timed round by round; FLOPs exact on the
+    jaxpr (replica exchange's extra is the one generator pass per round of the test above); times only
+    checked to be there, never compared."""
+    config = tiny_digits(**{"posterior_chain.num_steps": 2, "prior_chain.num_steps": 2, "ti.num_temps": 3})
+    result = bench.benchmark_ti_options(config, steps=3, warmup=1, exchange_every=1, adapt_every=3,
+                                        allow_few_steps=True)
+    assert result["header"]["variant"] == "ti" and result["rounds"] == 3
+    assert list(result["options"]) == ["ti", "ti +RE/1", "ti +adaptive/3"]
+    ti, re, adaptive = result["options"].values()
+    assert ti["flops_ratio"] == 1.0 and ti["time_ratio_median"] == 1.0
+    assert 1.0 < re["flops_ratio"] < 1.5 and 1.0 < adaptive["flops_ratio"] < 1.0 + 1e-4
+    for r in result["options"].values():
+        assert r["step"]["calls"] == 3 and r["step"]["median_ms"] > 0 and r["time_ratio_median"] > 0
+    text = bench.format_table(result)
+    assert "ti +RE/1" in text and "time / ti" in text
+    without = bench.ti_option_configs(config, exchange_every=0, adapt_every=3)
+    assert list(without) == ["ti", "ti +adaptive/3"]
+    with pytest.raises(ValueError, match="ti.exchange_every"):
+        bench.ti_option_configs(config, exchange_every=3, adapt_every=0)  # does not divide 2 posterior steps
+
+
 def test_summary_rows_name_the_ti_options():
     """A row says which ti options ran; a result saved before the option fields existed reads as plain."""
     def result(**options):

@@ -134,9 +134,23 @@ def _sampler_lines(result: dict) -> list[str]:
     return _rows(rows + _memory_rows(result["memory"]))
 
 
+def _options_lines(result: dict) -> list[str]:
+    lines = [f"ti step with each option, {result['rounds']} rounds, one dispatch of each program per round:",
+             f"  {'program':<22} {'median ms':>10} {'IQR ms':>17} {'time / ti (IQR)':>24} {'GFLOP':>9} "
+             f"{'FLOPs / ti':>10}"]
+    for label, r in result["options"].items():
+        s = r["step"]
+        ratio = f"{r['time_ratio_median']:.3f} ({r['time_ratio_q25']:.3f}-{r['time_ratio_q75']:.3f})"
+        lines.append(f"  {label:<22} {s['median_ms']:>10.1f} {s['q25_ms']:>8.1f}-{s['q75_ms']:<8.1f} {ratio:>24} "
+                     f"{r['flops_per_step'] / 1e9:>9.3f} {r['flops_ratio']:>10.4f}")
+    return lines
+
+
 def format_table(result: dict) -> str:
-    """A plain-text report of `benchmark_train`, `benchmark_sampler` or `benchmark_evaluation`'s result."""
-    body = {"train": _train_lines, "evaluation": _evaluation_lines}.get(result["mode"], _sampler_lines)
+    """A plain-text report of `benchmark_train`, `benchmark_sampler`, `benchmark_evaluation` or
+    `benchmark_ti_options`'s result."""
+    body = {"train": _train_lines, "evaluation": _evaluation_lines,
+            "options": _options_lines}.get(result["mode"], _sampler_lines)
     return "\n".join([format_header(result["header"]), "", *body(result)])
 
 

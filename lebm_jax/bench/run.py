@@ -33,7 +33,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lebm_jax.bench.flops import FlopCount, count_flops, xla_flops
-from lebm_jax.bench.timing import compile_timed, matmul_peak, memory_report, time_fn
+from lebm_jax.bench.format import variant_label
+from lebm_jax.bench.timing import Timing, compile_timed, matmul_peak, memory_report, time_fn
 from lebm_jax.core import networks, sampling
 from lebm_jax.core.devices import AXIS, data_mesh
 from lebm_jax.core.langevin import split_keys
@@ -254,6 +255,83 @@ def benchmark_train(
         efficiency=achieved / (peak["gflops"] * devices),
     )
     return result
+
+
+def ti_option_configs(config: ml_collections.ConfigDict, exchange_every: int, adapt_every: int
+                      ) -> dict[str, ml_collections.ConfigDict]:
+    """``config`` as ti with none of the variance-reduction options, with replica exchange every
+    ``exchange_every`` posterior steps, and with the ladder adapted every ``adapt_every`` steps (0 leaves an
+    option out), each validated and labelled as in `format.variant_label`."""
+    out = {}
+    for fields in ({}, {"ti.exchange_every": exchange_every}, {"ti.adapt_every": adapt_every}):
+        if any(v == 0 for v in fields.values()):
+            continue
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.update_from_flattened_dict({"variant": "ti", "ti.exchange_every": 0, "ti.adapt_every": 0, **fields})
+        config_lib.validate(c)
+        out[variant_label({"variant": "ti", "exchange_every": c.ti.exchange_every,
+                           "adapt_every": c.ti.adapt_every})] = c
+    return out
+
+
+def benchmark_ti_options(
+    config: ml_collections.ConfigDict,
+    *,
+    steps: int = MIN_STEPS,
+    warmup: int = 2,
+    exchange_every: int = 5,
+    adapt_every: int = 10,
+    config_name: str | None = None,
+    seed: int = 0,
+    allow_few_steps: bool = False,
+) -> dict:
+    """The ti training step with each variance-reduction option against the step without, timed in one
+    process on the same data: after compiling all of them, each round times one dispatch of every program in
+    turn, so a change of the machine's load touches them alike. Reports each program's median and spread, its
+    median ratio to plain ti over the rounds (each round's ratio is of two dispatches a few seconds apart), and
+    its FLOPs per step (exact, on the jaxpr) against plain ti's.
+    """
+    if steps < MIN_STEPS and not allow_few_steps:
+        raise ValueError(f"steps={steps}: time at least {MIN_STEPS} steps for a median and spread")
+    configs = ti_option_configs(config, exchange_every, adapt_every)
+    mesh = data_mesh()
+    k_init, seed_key = jax.random.split(jax.random.key(seed))
+    programs = {}
+    for label, c in configs.items():
+        model, objective, optimizers = _setup(c)
+        state = jax.device_put(create_train_state(model, optimizers, k_init, build.initial_ladder(c)),
+                               NamedSharding(mesh, P()))
+        xs = global_batches(_random_images(c, 2 * c.batch_size, seed), c, 0, c.steps_per_dispatch, mesh)
+        compiled, traced, compile_times = compile_timed(make_train_fn(objective, optimizers, mesh), state, xs,
+                                                        seed_key)
+        programs[label] = {"fn": compiled, "args": [state, xs, seed_key], "compile": compile_times,
+                           "flops": count_flops(traced).scaled(1.0 / c.steps_per_dispatch).total,
+                           "per": c.steps_per_dispatch, "seconds": []}
+
+    def dispatch(p):
+        out = p["fn"](*p["args"])
+        p["args"][0] = out[0]  # the donated state goes on
+        jax.block_until_ready(out)
+
+    for _ in range(warmup):
+        for p in programs.values():
+            dispatch(p)
+    for _ in range(-(-steps // config.steps_per_dispatch)):
+        for p in programs.values():
+            start = time.perf_counter()
+            dispatch(p)
+            p["seconds"].append(time.perf_counter() - start)
+    base = programs[next(iter(programs))]
+    options = {}
+    for label, p in programs.items():
+        step = Timing(tuple(p["seconds"])).summary(per=p["per"])
+        ratios = np.asarray(p["seconds"]) / np.asarray(base["seconds"])
+        options[label] = {"step": step, "compile": p["compile"], "flops_per_step": p["flops"],
+                          "flops_ratio": p["flops"] / base["flops"], "time_ratio_median": float(np.median(ratios)),
+                          "time_ratio_q25": float(np.percentile(ratios, 25)),
+                          "time_ratio_q75": float(np.percentile(ratios, 75))}
+    header = _header(configs[next(iter(configs))], config_name)  # plain ti's; the options are the rows
+    return {"mode": "options", "header": header, "rounds": len(base["seconds"]), "options": options}
 
 
 def _check_repeats(repeats: int, allow_few_steps: bool) -> None:
