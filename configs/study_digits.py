@@ -48,6 +48,18 @@ def get_config():
     c.batch_sizes = ()  # extra vanilla batch sizes
     c.powers = (0.3, 1.0, 3.0)
     c.num_temps = 10
+    # ti p = 1 with replica exchange between neighbouring rungs every 5 of the posterior chain's 20 steps
+    # (configs/digits.py keeps the reference 20): 4 rounds alternating even and odd pairs, so every pair is
+    # proposed twice per chain and step. Every 10 would propose each pair once; every 20 only the even pairs.
+    c.exchange_powers = (1.0,)
+    c.exchange_every = 5
+    # ti with the adaptive ladder, started from p = 1 and re-placed every 10 of the 200 steps (20
+    # placements); the moving average of rate 0.9 restarts at each placement, so each one rests on the 10
+    # steps (500 examples at batch 50) since the last: fewer steps are noisier, more leave fewer placements
+    # to follow the model as it trains.
+    c.adaptive_powers = (1.0,)
+    c.adapt_every = 10
+    c.adapt_decay = 0.9
     c.seeds = (0, 1)
     c.compile_cache = True  # XLA's persistent cache: the second seed of a group compiles nothing
     return c
