@@ -1,20 +1,37 @@
 """The study runner: a tiny grid (vanilla and ti × two seeds × a few steps) end to end with its report,
-resuming after an interruption without redoing finished runs, and bad study configs failing fast.
+resuming after an interruption without redoing finished runs, and bad study configs failing fast; the
+grid's replica-exchange and adaptive-ladder groups (names, groups, overrides, and a tiny study of them
+with their figures); the grid of a study config written before those fields existed; and the held-out
+log-likelihood protocol's sweep cache, which the runs of one seed share: they start from the same
+parameters, and what is read back is bit for bit what computing it gives.
 """
 
 import csv
+import json
 import os
+import struct
 import subprocess
 import sys
 
+import jax
+import ml_collections
+import numpy as np
 import pytest
 
+from lebm_jax.data import datasets as data_lib
+from lebm_jax.measure import loglik as loglik_lib
+from lebm_jax.measure.base import Context
 from lebm_jax.study import grid as grid_lib
 from lebm_jax.study import runner as study_lib
+from lebm_jax.study.report import group_runs, load_study, make_report
+from lebm_jax.study.report.figures import figure_data
+from lebm_jax.study.report.stats import quality_names
+from lebm_jax.training import build
 from lebm_jax.training import loop as train
+from lebm_jax.training.step import create_train_state
 
 from config_files import REPO, load_config
-from tiny import MODEL
+from tiny import MODEL, tiny_config
 
 STEPS = 2
 
@@ -31,8 +48,31 @@ def tiny_study():
         "loglik.num_examples": 4, "loglik.num_temps": 5, "loglik.steps_per_rung": 2, "loglik.ais_substeps": 2,
         "loglik.prior_steps": 5, "loglik.train_draws": 2,
     })
-    c.update_from_flattened_dict({"powers": (1.0,), "num_temps": 3, "seeds": (0, 1)})
+    c.update_from_flattened_dict({"powers": (1.0,), "num_temps": 3, "seeds": (0, 1), "exchange_powers": (),
+                                  "adaptive_powers": ()})
     return c
+
+
+def sweep_metrics(row: dict, prefix: str = "loglik/") -> dict:
+    """The protocol's metrics that come from its sweep, not from the run's own training estimator (a logged
+    row's names have the evaluator's prefix, the evaluator's own output none)."""
+    return {k: v for k, v in row.items() if k.startswith(prefix) and not k.startswith(prefix + "train_")}
+
+
+def bits(metrics: dict) -> dict:
+    """Each value's float64 bytes: equal only when bit-identical (NaN included)."""
+    return {k: struct.pack("<d", float(v)) for k, v in metrics.items()}
+
+
+def logged_rows(workdir, name) -> list[dict]:
+    with open(workdir / "runs" / name / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def protocol_row(workdir, name, step) -> dict:
+    """The row run ``name`` logged the protocol in at ``step``."""
+    (row,) = [r for r in logged_rows(workdir, name) if r["step"] == step and "loglik/ti" in r]
+    return row
 
 
 def without_wall_time(path) -> list[dict]:
@@ -55,12 +95,62 @@ def test_grid_names_groups_and_overrides():
     grid = grid_lib.study_grid(c)
     names = [s.name for s in grid]
     assert names == ["vanilla_b50_s0", "vanilla_b50_s3", "vanilla_b25_s0", "vanilla_b25_s3",
-                     "ti_p0.3_b50_s0", "ti_p0.3_b50_s3", "ti_p1_b50_s0", "ti_p1_b50_s3", "ti_p3_b50_s0", "ti_p3_b50_s3"]
-    assert [s.group for s in grid[::2]] == ["vanilla", "vanilla B=25", "ti p=0.3", "ti p=1", "ti p=3"]
+                     "ti_p0.3_b50_s0", "ti_p0.3_b50_s3", "ti_p1_b50_s0", "ti_p1_b50_s3", "ti_p3_b50_s0", "ti_p3_b50_s3",
+                     "ti_p1_re5_b50_s0", "ti_p1_re5_b50_s3", "ti_adapt_p1_b50_s0", "ti_adapt_p1_b50_s3"]
+    assert [s.group for s in grid[::2]] == ["vanilla", "vanilla B=25", "ti p=0.3", "ti p=1", "ti p=3", "ti p=1 +RE",
+                                            "ti adaptive (from p=1)"]
     config = grid_lib.run_config(c, grid[6])
     assert (config.variant, config.ti.power, config.ti.num_temps, config.seed, config.batch_size) == ("ti", 1.0, 10, 0, 50)
+    assert (config.ti.exchange_every, config.ti.adapt_every) == (0, 0)
     # everything else is the study's training config
     assert config.model.to_dict() == c.train.model.to_dict() and config.num_steps == c.train.num_steps
+    # replica exchange every 5 of the 20 posterior steps, and the adaptive ladder every 10 steps from p = 1
+    assert c.train.posterior_chain.num_steps == 20
+    exchange, adaptive = grid_lib.run_config(c, grid[11]), grid_lib.run_config(c, grid[12])
+    assert grid[11].overrides() == {"variant": "ti", "seed": 3, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10,
+                                    "ti.exchange_every": 5, "ti.adapt_every": 0}
+    assert (exchange.seed, exchange.ti.power, exchange.ti.exchange_every, exchange.ti.adapt_every) == (3, 1.0, 5, 0)
+    assert grid[12].overrides() == {"variant": "ti", "seed": 0, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10,
+                                    "ti.exchange_every": 0, "ti.adapt_every": 10, "ti.adapt_decay": 0.9}
+    assert (adaptive.ti.adapt_every, adaptive.ti.adapt_decay, adaptive.ti.exchange_every) == (10, 0.9, 0)
+    # the full-scale grid: 55 runs as before and the two groups from p = 1, five seeds each
+    full = grid_lib.validate(load_config("study_svhn"))
+    assert len(full) == 65 and [s.name for s in full[-10::5]] == ["ti_p1_re5_b100_s0", "ti_adapt_p1_b100_s0"]
+    assert grid_lib.run_config(load_config("study_svhn"), full[-1]).ti.adapt_every == 100
+
+
+def test_study_config_from_before_the_options_gives_the_old_grid():
+    new = load_config("study_digits")
+    old = ml_collections.ConfigDict({k: v for k, v in new.items() if k not in grid_lib.OPTIONAL_FIELDS})
+    grid = grid_lib.validate(old)
+    assert [s.name for s in grid] == ["vanilla_b50_s0", "vanilla_b50_s1", "ti_p0.3_b50_s0", "ti_p0.3_b50_s1",
+                                      "ti_p1_b50_s0", "ti_p1_b50_s1", "ti_p3_b50_s0", "ti_p3_b50_s1"]
+    assert [s.group for s in grid[::2]] == ["vanilla", "ti p=0.3", "ti p=1", "ti p=3"]
+    # the overrides a run got before the options existed, so its checkpoints resume
+    assert grid[4].overrides() == {"variant": "ti", "seed": 0, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10}
+    assert grid[0].overrides() == {"variant": "vanilla", "seed": 0, "batch_size": 50}
+    # the new config's first 8 runs are the old grid, field for field
+    assert grid_lib.validate(new)[:8] == grid
+    new.update_from_flattened_dict({"exchange_powers": (), "adaptive_powers": ()})
+    assert grid_lib.validate(new) == grid
+
+
+def test_bad_option_fields_name_the_field_or_the_run():
+    cases = [
+        ({"exchange_every": 3}, "run ti_p1_re3_b50_s0: config.ti.exchange_every=3: must divide "
+                                "posterior_chain.num_steps=20"),
+        ({"exchange_every": 0}, "study.exchange_every=0: must be an int >= 1 when study.exchange_powers is set"),
+        ({"adapt_every": 2.5}, "study.adapt_every=2.5: must be an int >= 1 when study.adaptive_powers is set"),
+        ({"adapt_decay": 1.5}, "run ti_adapt_p1_b50_s0: config.ti.adapt_decay=1.5: the moving average's rate"),
+        ({"adaptive_powers": (1.0, 1.0)}, "study.adaptive_powers=(1.0, 1.0) repeats a power"),
+        ({"exchange_powers": (-1.0,)}, "run ti_p-1_re5_b50_s0: config.ti.power=-1.0"),
+        ({"exchange_powers": 1.0}, "study.exchange_powers=1.0 must be a list"),
+    ]
+    for fields, phrase in cases:
+        c = ml_collections.ConfigDict({**load_config("study_digits").to_dict(), **fields})  # any type
+        with pytest.raises(ValueError) as e:
+            grid_lib.validate(c)
+        assert phrase in str(e.value), (fields, str(e.value))
 
 
 def test_tiny_study_runs_end_to_end_with_every_figure_and_table(finished_study):
@@ -82,6 +172,12 @@ def test_tiny_study_runs_end_to_end_with_every_figure_and_table(finished_study):
     assert [r[next(iter(r))] for r in rows] == ["vanilla", "ti p=1"]
     md = (report / "summary.md").read_text()
     assert "vanilla" in md and "ti p=1" in md and "FID" not in md  # classifier space: never called FID
+    # the protocol ran at steps 0 and 2: at step 0 once per seed (the ti runs read the vanilla runs' sweeps),
+    # at step 2 once per run
+    assert len(list((workdir / "evaluation_cache" / "loglik").glob("*.npz"))) == 2 + 4
+    for seed in (0, 1):
+        step0 = [sweep_metrics(protocol_row(workdir, f"{v}_b16_s{seed}", 0)) for v in ("vanilla", "ti_p1")]
+        assert len(step0[0]) >= 12 and bits(step0[0]) == bits(step0[1])
 
 
 def test_interrupted_study_resumes_without_redoing_finished_runs(finished_study, tmp_path):
@@ -112,6 +208,16 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(finished_study,
     # same numbers as the uninterrupted study (training is deterministic; wall times differ)
     assert without_wall_time(tmp_path / "report" / "summary.csv") == without_wall_time(
         reference_dir / "report" / "summary.csv")
+    # the uninterrupted study read the ti runs' step-0 sweeps from its cache, this one (its own train_fn, no
+    # cache) computed them: the logged protocol is the same, bit for bit
+    assert not (tmp_path / "evaluation_cache").exists()
+    for name in ("ti_p1_b16_s0", "ti_p1_b16_s1"):
+        ours, theirs = logged_rows(tmp_path, name), logged_rows(reference_dir, name)
+        protocol = [(r["step"], bits({k: v for k, v in r.items() if k.startswith("loglik/")})) for r in ours
+                    if "loglik/ti" in r]
+        assert [step for step, _ in protocol] == [0, STEPS]
+        assert protocol == [(r["step"], bits({k: v for k, v in r.items() if k.startswith("loglik/")}))
+                            for r in theirs if "loglik/ti" in r]
 
 
 def test_bad_study_config_fails_before_any_work(tmp_path):
@@ -120,6 +226,7 @@ def test_bad_study_config_fails_before_any_work(tmp_path):
         (["--config.powers=(0.3, -1.0)"], "run ti_p-1_b50_s0: config.ti.power=-1.0"),
         (["--config.seeds=(0, 0)"], "study.seeds=(0, 0) repeats a seed"),
         (["--config.train.batch_size=0"], "config.batch_size=0"),
+        (["--config.exchange_every=3"], "run ti_p1_re3_b50_s0: config.ti.exchange_every=3: must divide"),
     ]
     for flags, phrase in cases:
         workdir = tmp_path / "w"
@@ -129,3 +236,105 @@ def test_bad_study_config_fails_before_any_work(tmp_path):
         assert proc.returncode != 0, flags
         assert phrase in proc.stdout + proc.stderr, (flags, proc.stdout[-1500:], proc.stderr[-1500:])
         assert not workdir.exists()
+
+
+# ------------------------------------------------- the protocol's sweep, shared by the runs of one seed
+def initial_params(config):
+    """The parameters a run of ``config`` starts from (as `train_and_evaluate` makes them)."""
+    model = build.build_model(config)
+    state = create_train_state(model, build.make_optimizers(config, 1), build.run_keys(config.seed).init,
+                               build.initial_ladder(config))
+    return jax.device_get(state.params)
+
+
+def param_bytes(params) -> bytes:
+    return b"".join(np.asarray(leaf).tobytes() for leaf in jax.tree.leaves(params))
+
+
+def test_every_variant_of_a_seed_starts_from_the_same_parameters():
+    c = load_config("study_digits")
+    grid = grid_lib.validate(c)
+    assert {s.variant for s in grid} == {"vanilla", "ti"} and len(grid) == 12
+    start = {}
+    for spec in grid:
+        start.setdefault(spec.seed, set()).add(param_bytes(initial_params(grid_lib.run_config(c, spec))))
+    # one initial state per seed, whatever the variant, ladder, exchange or adaptation: 6 runs each
+    assert sorted(start) == [0, 1] and [len(v) for v in start.values()] == [1, 1]
+    assert start[0] != start[1]
+    assert len(next(iter(start[0]))) == 4 * sum(np.size(x) for x in jax.tree.leaves(
+        initial_params(grid_lib.run_config(c, grid[0]))))
+
+
+def test_cached_sweep_is_bit_identical_to_computing_it(tmp_path, monkeypatch):
+    study = tiny_study()
+    vanilla, ti = (grid_lib.run_config(study, s) for s in grid_lib.study_grid(study) if s.seed == 0)
+    assert (vanilla.variant, ti.variant) == ("vanilla", "ti")
+    data = data_lib.load(vanilla.data)
+    params = initial_params(vanilla)
+    assert param_bytes(params) == param_bytes(initial_params(ti))
+    model = build.build_model(vanilla)  # one model object: the sweep compiles once for both evaluators
+
+    def evaluator(config, cache_dir=None):
+        context = Context(model, build.build_objective(config, model), data, cache_dir=cache_dir)
+        return loglik_lib.LogLikelihood.from_config(config, context)
+
+    sweeps = []
+    real = loglik_lib.annealing.estimate
+    monkeypatch.setattr(loglik_lib.annealing, "estimate", lambda *a, **k: sweeps.append(1) or real(*a, **k))
+    key = jax.random.key(0)  # unused by the protocol
+    of_vanilla, of_ti = evaluator(vanilla, str(tmp_path)), evaluator(ti, str(tmp_path))
+
+    first = of_vanilla(params, key)  # computes and stores
+    files = sorted((tmp_path / "loglik").iterdir())
+    assert len(sweeps) == 1 and len(files) == 1 and files[0].suffix == ".npz"
+    cached = of_ti(params, key)  # reads the vanilla run's sweep
+    assert len(sweeps) == 1 and len(list((tmp_path / "loglik").iterdir())) == 1
+    cache, of_ti.cache = of_ti.cache, None
+    computed = of_ti(params, key)  # the same evaluator without its cache
+    assert len(sweeps) == 2
+    assert bits(cached) == bits(computed)  # every metric, the training estimator's included
+    assert bits(sweep_metrics(cached, "")) == bits(sweep_metrics(first, ""))
+    assert cached["train_mean"] != first["train_mean"]  # the objectives' own estimators differ
+    assert len(sweep_metrics(cached, "")) >= 12 and np.isfinite(cached["ti"]) and "train_var" in cached
+
+    # other parameters: another entry, another result
+    of_ti.cache = cache
+    other = initial_params(grid_lib.run_config(study, grid_lib.study_grid(study)[1]))  # seed 1
+    moved = of_ti(other, key)
+    assert len(sweeps) == 3 and len(list((tmp_path / "loglik").iterdir())) == 2
+    assert moved["ti"] != cached["ti"]
+    # another protocol setting or model config: another key for the same parameters
+    base = cache.key(params)
+    assert evaluator(vanilla, str(tmp_path)).cache.key(params) == base
+    for field, value in (("loglik.seed", 1), ("loglik.num_temps", 7), ("model.lik_sigma", 0.5)):
+        changed = ml_collections.ConfigDict(ti.to_dict())
+        changed.update_from_flattened_dict({field: value})
+        assert evaluator(changed, str(tmp_path)).cache.key(params) != base, field
+    # an entry that cannot be read is computed again, with the same result
+    files[0].write_bytes(b"not an npz file")
+    again = of_ti(params, key)
+    assert len(sweeps) == 4 and bits(again) == bits(computed)
+
+
+def test_a_tiny_run_logs_what_the_report_reads(tmp_path):
+    """One tiny ti run with replica exchange and the adaptive ladder (evaluators off): the names it logs are
+    those the report's exchange and adaptive-ladder figures and tables read."""
+    config = tiny_config(variant="ti", **{"ti.exchange_every": 1, "ti.adapt_every": 1, "num_steps": STEPS})
+    name = "ti_adapt_p1_re1_b8_s0"
+    train.train_and_evaluate(config, str(tmp_path / "runs" / name))
+    rows = [r for r in logged_rows(tmp_path, name) if "loss_gen" in r]
+    assert [sorted(k for k in r if k.startswith("swap_accept/")) for r in rows] == [
+        ["swap_accept/0", "swap_accept/1"]] * STEPS  # 3 rungs, 2 pairs
+    ladders = [[r[f"rung_t/{i}"] for i in range(3)] for r in rows]
+    assert ladders[0] == [0.0, 0.5, 1.0] and ladders[1] != ladders[0]  # placed after the first step
+    study = load_study(str(tmp_path))  # no study.json: the group from config.json
+    groups = group_runs(study.runs)
+    assert list(groups) == ["ti adaptive (from p=1) +RE"]
+    data = figure_data(groups, quality_names(study.runs))
+    (curves,) = data.ladders.values()
+    np.testing.assert_allclose(curves.mean, ladders, rtol=1e-12)
+    (swaps,) = data.swaps.values()
+    np.testing.assert_allclose(swaps.mean, [[r[f"swap_accept/{i}"] for i in range(2)] for r in rows], rtol=1e-12)
+    np.testing.assert_allclose(data.integrands["ti adaptive (from p=1) +RE"][0], ladders[-1], rtol=1e-12)
+    paths = make_report(str(tmp_path))
+    assert {"rung_placement", "swap_acceptance", "ti_schedule", "rungs_csv"} <= set(paths)

@@ -32,12 +32,15 @@ class Evaluator(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What evaluators are built from besides the config: the run's model, objective, data and mesh."""
+    """What evaluators are built from besides the config: the run's model, objective, data and mesh, and
+    optionally a directory where an evaluator may keep results that depend only on what it was given (the
+    runs of a study share one: `lebm_jax.measure.loglik` keeps its sweeps there)."""
 
     model: LatentEBM
     objective: Objective
     data: ImageData
     mesh: jax.sharding.Mesh | None = None
+    cache_dir: str | None = None
 
 
 def is_due(evaluator: Evaluator, step: int, last_step: int) -> bool:

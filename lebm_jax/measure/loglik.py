@@ -22,10 +22,21 @@ Metrics (means over the examples; ``_se``: the standard error of that mean over 
 - ``train_mean``; ``train_bias``, ``train_bias_se``: the training estimate minus the protocol's TI, per
   example averaged over draws; ``train_var``: its variance over chain draws (unbiased), averaged over
   examples. What the study calls the variance of the log-likelihood estimate, measured honestly.
+
+With a cache directory (`SweepCache`; a study gives its runs one) the sweep's per-example results are kept
+there under a hash of everything they are a function of, so runs that reach the protocol with the same
+parameters (at step 0, every run of one seed, whatever its variant) run the sweep once; the training
+estimator, which depends on the run's objective, is always drawn afresh. A result read back is the
+computed one, bit for bit, and so are the metrics made of it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import zipfile
 from typing import Any
 
 import jax
@@ -36,10 +47,14 @@ import numpy as np
 from lebm_jax.core import annealing
 from lebm_jax.core.model import LatentEBM
 from lebm_jax.core.objectives import Objective, example_keys
+from lebm_jax.data.files import write_atomic
 from lebm_jax.data.images import to_float
 from lebm_jax.measure.base import Context
 
 Params = Any
+
+SWEEP_CACHE_VERSION = 1  # part of every cache key: raise it when the sweep computes something else
+SWEEP_CACHE_SUBDIR = "loglik"  # under the Context's cache_dir
 
 
 def sweep_spec(loglik_config: ml_collections.ConfigDict) -> annealing.SweepSpec:
@@ -91,6 +106,52 @@ def summarise(res: annealing.SweepResult, train: np.ndarray | None) -> dict[str,
     return out
 
 
+def _array_digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+
+
+class SweepCache:
+    """The sweep's per-example results (`annealing.SweepResult`, as ``<key>.npz``) in ``directory``.
+
+    The sweep is a function of the parameters, the model's densities, the images, the protocol's settings
+    and keys, and the numbers the backend computes with; the key is a SHA-256 of the parameters' bytes
+    (with each leaf's path, dtype and shape) and of ``identity``, a JSON-able description of the rest
+    (`LogLikelihood.from_config`: the model config, a digest of the images, the sweep's settings, the
+    protocol's seed, the jax version and backend, SWEEP_CACHE_VERSION). Files are written atomically, so
+    concurrent runs can share a directory; an entry that cannot be read is computed and written again.
+    """
+
+    def __init__(self, directory: str, identity: dict):
+        self.directory = directory
+        self._identity = json.dumps(identity, sort_keys=True, default=str).encode()
+
+    def key(self, params: Params) -> str:
+        h = hashlib.sha256(self._identity)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+            h.update(f"{jax.tree_util.keystr(path)}:{_array_digest(np.asarray(leaf))};".encode())
+        return h.hexdigest()
+
+    def path(self, params: Params) -> str:
+        return os.path.join(self.directory, f"{self.key(params)}.npz")
+
+    def load(self, params: Params) -> annealing.SweepResult | None:
+        """The stored result for ``params``, or None when there is none (or it cannot be read)."""
+        path = self.path(params)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with np.load(path) as f:
+                return annealing.SweepResult(**{name: f[name] for name in annealing.SweepResult._fields})
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+            logging.warning("log-likelihood sweep cache %s unreadable (%s): computing it again", path, e)
+            return None
+
+    def store(self, params: Params, result: annealing.SweepResult) -> str:
+        arrays = {name: np.asarray(value) for name, value in jax.device_get(result)._asdict().items()}
+        return str(write_atomic(self.path(params), lambda f: np.savez(f, **arrays)))
+
+
 class LogLikelihood:
     """The protocol's estimates and the training estimator's bias and variance (see the module docstring)."""
 
@@ -98,9 +159,11 @@ class LogLikelihood:
     prefix = "loglik/"
 
     def __init__(self, loglik_config: ml_collections.ConfigDict, model: LatentEBM, objective: Objective,
-                 test_images: np.ndarray):
-        """``test_images``: uint8 (M, H, W, C), the examples to score (all of them)."""
+                 test_images: np.ndarray, cache: SweepCache | None = None):
+        """``test_images``: uint8 (M, H, W, C), the examples to score (all of them). ``cache``: where the
+        sweep's results are kept and looked up (see the module docstring); None computes every time."""
         c = loglik_config
+        self.cache = cache
         self.every = c.every
         self.spec = sweep_spec(c)
         self.model = model
@@ -117,13 +180,25 @@ class LogLikelihood:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, context: Context) -> LogLikelihood:
-        return cls(config.loglik, context.model, context.objective, context.data.test[: config.loglik.num_examples])
+        images = context.data.test[: config.loglik.num_examples]
+        cache = None
+        if context.cache_dir:
+            identity = {"version": SWEEP_CACHE_VERSION, "jax": jax.__version__, "backend": jax.default_backend(),
+                        "model": config.model.to_dict(), "images": _array_digest(np.asarray(images)),
+                        "sweep": sweep_spec(config.loglik).__dict__, "seed": config.loglik.seed}
+            cache = SweepCache(os.path.join(context.cache_dir, SWEEP_CACHE_SUBDIR), identity)
+        return cls(config.loglik, context.model, context.objective, images, cache)
 
     def estimates(self, params: Params) -> tuple[annealing.SweepResult, np.ndarray | None]:
-        """The sweep's per-example results and the training estimates (R, B) (None with train_draws = 0)."""
+        """The sweep's per-example results (from the cache when it holds them) and the training estimates
+        (R, B) (None with train_draws = 0)."""
         params = jax.device_put(jax.device_get(params))  # one device, whatever the mesh
         k_sweep, k_train = jax.random.split(self._key)
-        res = annealing.estimate(self.model, params, self._x, k_sweep, self.spec)
+        res = self.cache.load(params) if self.cache is not None else None
+        if res is None:
+            res = annealing.estimate(self.model, params, self._x, k_sweep, self.spec)
+            if self.cache is not None:
+                self.cache.store(params, res)
         train = None
         if self._train is not None:
             train = np.stack([np.asarray(self._train(params, self._x, jax.random.fold_in(k_train, r)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ import ml_collections
 from lebm_jax.core.devices import host_value
 from lebm_jax.data.files import cache_dir, read_json, write_json
 from lebm_jax.study.grid import RunSpec, run_config, validate
-from lebm_jax.study.layout import DONE_FILE, REPORT_DIR, RUNS_DIR, STUDY_FILE, run_directory
+from lebm_jax.study.layout import (DONE_FILE, EVALUATION_CACHE_DIR, REPORT_DIR, RUNS_DIR, STUDY_FILE,
+                                   run_directory)
 from lebm_jax.study.report import make_report
 from lebm_jax.training.loop import train_and_evaluate
 
@@ -107,14 +109,17 @@ def run_study(
 ) -> dict:
     """Runs every unfinished run of the grid in ``workdir``, then writes the report.
 
-    ``train_fn(config, run_dir)`` defaults to `lebm_jax.training.loop.train_and_evaluate`. Returns the
-    study record (also written to <workdir>/study.json).
+    ``train_fn(config, run_dir)`` defaults to `lebm_jax.training.loop.train_and_evaluate` with the study's
+    evaluation cache (<workdir>/evaluation_cache/: runs that start from the same parameters, the variants
+    of one seed, share the held-out log-likelihood protocol's step-0 sweep). Returns the study record (also
+    written to <workdir>/study.json).
     """
     grid = validate(study)
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, RUNS_DIR), exist_ok=True)
     if train_fn is None:
-        train_fn = train_and_evaluate
+        train_fn = functools.partial(train_and_evaluate,
+                                     evaluation_cache=os.path.join(workdir, EVALUATION_CACHE_DIR))
     if study.compile_cache:
         _enable_compile_cache()
 

@@ -89,7 +89,7 @@ def _record_config(workdir: str, step: int, config: ml_collections.ConfigDict, s
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.ImageData | None = None, *,
-    allow_config_changes: bool = False,
+    allow_config_changes: bool = False, evaluation_cache: str | None = None,
 ) -> RunResult:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
 
@@ -100,6 +100,9 @@ def train_and_evaluate(
     `checkpoint.RESUMABLE_FIELDS` raises ValueError listing the differences, before any work or write,
     unless ``allow_config_changes`` (``--allow_config_change``): then the run goes on with ``config`` and
     the change is recorded. A shape field (`checkpoint.SHAPE_FIELDS`) never changes.
+    ``evaluation_cache``: a directory where evaluators keep results that depend only on their inputs
+    (`measure.base.Context.cache_dir`; the runs of a study share one), outside the run's config: it
+    changes how long an evaluation takes, never what it logs.
     Raises NonFiniteError (after keeping the last good checkpoint untouched) if a step's loss or
     update is not finite; nothing is logged for that step or after it.
     """
@@ -146,7 +149,7 @@ def train_and_evaluate(
     quiet_library_logs()
     writer = create_writer(workdir, lead, step)
     history: list[dict] = []
-    evaluators = build_evaluators(config, Context(model, objective, data, mesh))
+    evaluators = build_evaluators(config, Context(model, objective, data, mesh, evaluation_cache))
     hparams = {}
     for evaluator in evaluators:
         logging.info("evaluator %s every %d steps: %s", evaluator.name, evaluator.every, evaluator.info)
