@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lebm_jax.core.ladder import power_schedule
 from lebm_jax.data import images
 from lebm_jax.study import report
+from lebm_jax.study.report import figures
 from lebm_jax.study.report import page as page_lib
 from lebm_jax.study.report import stats
 from lebm_jax.study.report.load import Run
@@ -65,8 +67,25 @@ LOSS_VAR = {("vanilla", 0): 2.0, ("vanilla", 1): 4.0, ("ti p=0.5", 0): 1.0, ("ti
 WALL = {("vanilla", 0): 100.0, ("vanilla", 1): 120.0, ("ti p=0.5", 0): 300.0, ("ti p=0.5", 1): 340.0}
 
 
+# ti with replica exchange (every 2 posterior steps) and with the adaptive ladder (from p = 0.5): their other
+# metrics are those of "ti p=0.5"; they log swap_accept/i and rung_t/i at the training steps (5 and 10)
+EXCHANGE, ADAPTIVE = "ti p=0.5 +RE", "ti adaptive (from p=0.5)"
+OPTION_GROUPS = (EXCHANGE, ADAPTIVE)
+OPTION_FIELDS = {EXCHANGE: {"exchange_every": 2, "adapt_every": 0},
+                 ADAPTIVE: {"exchange_every": 0, "adapt_every": 5, "adapt_decay": 0.9}}
+# rung_t/0..3 per (seed, step); mean over seeds at step 5: (0, 0.25, 0.55, 1), at step 10: (0, 0.125, 0.425, 1)
+LADDER = {(0, 5): (0.0, 0.2, 0.5, 1.0), (0, 10): (0.0, 0.1, 0.4, 1.0),
+          (1, 5): (0.0, 0.3, 0.6, 1.0), (1, 10): (0.0, 0.15, 0.45, 1.0)}
+# swap_accept/0..2 per (seed, step); seed 1 logs NaN for pair 2 at step 10 (no round proposed it), so its
+# final value for that pair is step 5's
+SWAP = {(0, 5): (0.9, 0.6, 0.3), (0, 10): (0.8, 0.5, 0.2),
+        (1, 5): (0.7, 0.4, 0.1), (1, 10): (0.6, 0.3, math.nan)}
+
+
 def run_name(group, seed):
-    return ("vanilla_b10" if group == "vanilla" else "ti_p0.5_b10") + f"_s{seed}"
+    stem = {"vanilla": "vanilla_b10", EXCHANGE: "ti_p0.5_re2_b10", ADAPTIVE: "ti_adapt_p0.5_b10"}.get(group,
+                                                                                                "ti_p0.5_b10")
+    return f"{stem}_s{seed}"
 
 
 def quality_keys(space):
@@ -89,8 +108,10 @@ def loglik_row(group, seed, last):
 
 def write_run(directory, group, seed, space, finished=True, loglik=True):
     """metrics.jsonl in JsonlWriter's format, config.json, sample grids and (if finished) done.json;
-    without ``loglik`` the run predates the held-out log-likelihood protocol."""
+    without ``loglik`` the run predates the held-out log-likelihood protocol. An option group (OPTION_GROUPS)
+    logs what "ti p=0.5" logs, and its swap acceptances or ladder."""
     variant = "vanilla" if group == "vanilla" else "ti"
+    option, group = group, ("ti p=0.5" if group in OPTION_GROUPS else group)
     keys = quality_keys(space)
     w = JsonlWriter(os.path.join(directory, "metrics.jsonl"))
     ll = -120.0 - 10.0 * seed
@@ -102,6 +123,10 @@ def write_run(directory, group, seed, space, finished=True, loglik=True):
             if variant == "ti":
                 row.update({f"rung_log_lik/{i}": ll * (1.0 - 0.2 * i) - step for i in range(NUM_TEMPS)})
                 row.update({f"rung_accept/{i}": 1.0 for i in range(NUM_TEMPS)}, log_px=ll)
+            if option == EXCHANGE:
+                row.update({f"swap_accept/{i}": a for i, a in enumerate(SWAP[seed, step])})
+            if option == ADAPTIVE:
+                row.update({f"rung_t/{i}": t for i, t in enumerate(LADDER[seed, step])})
             w.write_scalars(step, row)
         if step in (0, 10):  # held-out rows
             w.write_scalars(step, {"heldout/recon_mse": RECON[group, seed] if last else 0.5,
@@ -122,7 +147,7 @@ def write_run(directory, group, seed, space, finished=True, loglik=True):
                                 "gradstats/total_var/ebm": math.nan, "gradstats/loss_var/gen": math.inf})
     w.close()
     config = {"variant": variant, "seed": seed, "batch_size": 10, "num_steps": EVAL_STEPS[-1],
-              "ti": {"num_temps": NUM_TEMPS, "power": POWER},
+              "ti": {"num_temps": NUM_TEMPS, "power": POWER, **OPTION_FIELDS.get(option, {})},
               "data": {"name": "digits", "image_size": 8, "channels": 1},
               "eval": {"feature_space": space}}
     with open(os.path.join(directory, "config.json"), "w") as f:
@@ -137,9 +162,12 @@ def write_run(directory, group, seed, space, finished=True, loglik=True):
                        "finished": "2025-01-01T00:00:00+00:00"}, f)
 
 
-def make_study(root, space="classifier", with_record=True, unfinished=(), not_started=(), loglik=True):
+def make_study(root, space="classifier", with_record=True, unfinished=(), not_started=(), loglik=True,
+               options=False):
+    """A study of GROUPS, and with ``options`` of OPTION_GROUPS too; study.json as the runner writes it (the
+    vanilla and fixed-ladder runs without the exchange and adaptive fields, as before they existed)."""
     runs = []
-    for group in GROUPS:
+    for group in GROUPS + (OPTION_GROUPS if options else ()):
         for seed in SEEDS:
             name = run_name(group, seed)
             if name not in not_started:
@@ -148,7 +176,7 @@ def make_study(root, space="classifier", with_record=True, unfinished=(), not_st
             spec = {"name": name, "group": group, "variant": "vanilla" if group == "vanilla" else "ti",
                     "seed": seed, "batch_size": 10}
             if group != "vanilla":
-                spec.update(power=POWER, num_temps=NUM_TEMPS)
+                spec.update(power=POWER, num_temps=NUM_TEMPS, **OPTION_FIELDS.get(group, {}))
             runs.append(spec)
     if with_record:
         with open(os.path.join(root, "study.json"), "w") as f:
@@ -160,6 +188,13 @@ def make_study(root, space="classifier", with_record=True, unfinished=(), not_st
 @pytest.fixture(scope="module")
 def classifier_report(tmp_path_factory):
     root = make_study(str(tmp_path_factory.mktemp("study")))
+    return root, report.make_report(root)
+
+
+@pytest.fixture(scope="module")
+def options_report(tmp_path_factory):
+    """The same study with the replica-exchange and adaptive-ladder groups: every figure has data."""
+    root = make_study(str(tmp_path_factory.mktemp("options")), options=True)
     return root, report.make_report(root)
 
 
@@ -180,9 +215,10 @@ def welch_se(s1, s2, n=2):  # standard error of a difference of two means of n s
     return math.sqrt(s1**2 / n + s2**2 / n)
 
 
-def test_every_figure_is_a_png(classifier_report):
-    root, paths = classifier_report
+def test_every_figure_is_a_png(options_report):
+    root, paths = options_report
     assert set(report.FIGURES) <= set(paths) and "training_estimate" in report.FIGURES
+    assert {"rung_placement", "swap_acceptance"} <= set(report.FIGURES)
     for key, name in report.FIGURES.items():
         assert paths[key] == os.path.join(root, "report", name)
         with Image.open(paths[key]) as im:
@@ -319,8 +355,8 @@ def test_series_is_mean_min_max_over_seeds_and_drops_non_finite(classifier_repor
     np.testing.assert_allclose(se, [math.sqrt(5) / 2, math.sqrt(5) / 2, math.nan, math.sqrt(5) / 2])
 
 
-def test_report_page_links_every_figure_and_prints_the_machine(classifier_report):
-    _, paths = classifier_report
+def test_report_page_links_every_figure_and_prints_the_machine(options_report):
+    _, paths = options_report
     page = open(paths["report"]).read()
     for name in report.FIGURES.values():
         assert f"]({name})" in page, name
@@ -586,3 +622,113 @@ def test_cli_refuses_an_empty_directory_and_writes_a_report(classifier_report, t
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "report.md").is_file() and str(out / "report.md") in proc.stdout
+
+
+# ------------------------------------------------------------------- replica exchange and adaptive ladders
+def option_data(root):
+    runs = report.load_study(root).runs
+    return figures.figure_data(report.group_runs(runs), stats.quality_names(runs))
+
+
+def test_adaptive_ladder_figure_data_is_the_mean_over_seeds(options_report):
+    data = option_data(options_report[0])
+    assert list(data.ladders) == [ADAPTIVE] and data.adaptive == {ADAPTIVE}
+    curves = data.ladders[ADAPTIVE]
+    np.testing.assert_array_equal(curves.steps, [5, 10])
+    np.testing.assert_allclose(curves.mean, [[0, 0.25, 0.55, 1], [0, 0.125, 0.425, 1]], rtol=1e-12)
+    # final: rung 1 over seeds 0.1 and 0.15 → 0.125 ± 0.05/√2
+    assert [st.mean for st in curves.final] == pytest.approx([0, 0.125, 0.425, 1], rel=1e-12)
+    assert [st.std for st in curves.final] == pytest.approx([0, std(0.1, 0.15), std(0.4, 0.45), 0], abs=1e-12)
+    np.testing.assert_allclose(curves.seeds[1], [0.1, 0.15])
+    # the reference marks: the fixed ladders, one per distinct (N, p): "ti p=0.5" and "ti p=0.5 +RE" share one
+    assert list(data.references) == ["p=0.5"]
+    np.testing.assert_allclose(data.references["p=0.5"], [0, math.sqrt(1 / 3), math.sqrt(2 / 3), 1], rtol=1e-6)
+    # the integrand sits on the ladder its rows ran on: the logged one at step 10, the power ladder otherwise
+    ts, e, step = data.integrands[ADAPTIVE]
+    np.testing.assert_allclose(ts, [0, 0.125, 0.425, 1], rtol=1e-12)
+    assert step == 10 and e.shape == (NUM_TEMPS,)
+    np.testing.assert_allclose(data.integrands["ti p=0.5"][0], np.asarray(power_schedule(NUM_TEMPS, POWER)))
+    np.testing.assert_allclose(data.integrands[EXCHANGE][0], data.integrands["ti p=0.5"][0])
+
+
+def test_swap_acceptance_figure_data_is_the_mean_over_seeds(options_report):
+    data = option_data(options_report[0])
+    assert list(data.swaps) == [EXCHANGE]
+    curves = data.swaps[EXCHANGE]
+    np.testing.assert_array_equal(curves.steps, [5, 10])
+    # step 10, pair 2: only seed 0 has a finite value (0.2)
+    np.testing.assert_allclose(curves.mean, [[0.8, 0.5, 0.2], [0.7, 0.4, 0.2]], rtol=1e-12)
+    # final per pair: seed 1's pair 2 is its step-5 value 0.1, so (0.2 + 0.1)/2
+    assert [st.mean for st in curves.final] == pytest.approx([0.7, 0.4, 0.15], rel=1e-12)
+    assert [st.std for st in curves.final] == pytest.approx([std(0.8, 0.6), std(0.5, 0.3), std(0.2, 0.1)],
+                                                            rel=1e-12)
+    assert [st.count for st in curves.final] == [2, 2, 2]
+    np.testing.assert_allclose(curves.seeds[2], [0.2, 0.1])
+
+
+def test_closest_power_recovers_power_ladders_and_matches_a_grid_search():
+    for n, p in ((10, 0.3), (10, 3.0), (5, 1.0)):
+        found, rms = stats.closest_power(np.asarray(power_schedule(n, p), np.float64))
+        assert found == pytest.approx(p, rel=1e-5) and rms < 1e-6
+    ts = np.array([0.0, 0.125, 0.425, 1.0])
+    found, rms = stats.closest_power(ts)
+    grid = np.exp(np.linspace(math.log(0.01), math.log(100.0), 400_001))
+    u = np.array([1 / 3, 2 / 3])
+    losses = np.mean((u[None, :] ** grid[:, None] - ts[1:-1]) ** 2, axis=1)
+    assert found == pytest.approx(grid[np.argmin(losses)], rel=1e-4)
+    assert rms == pytest.approx(math.sqrt(losses.min()), rel=1e-4)
+    assert all(math.isnan(v) for v in stats.closest_power([0.0, 1.0]) + stats.closest_power([0, math.nan, 1]))
+
+
+def test_option_tables_in_the_page_and_rungs_csv(options_report):
+    _, paths = options_report
+    page = open(paths["report"]).read()
+    p, rms = stats.closest_power([0.0, 0.125, 0.425, 1.0])
+    assert (f"| {ADAPTIVE} | 2 | {p:.3g} ({rms:.2g}) | 0 ± 0 | 0.125 ± 0.035 | 0.425 ± 0.035 | 1 ± 0 |\n"
+            "| p=0.5 (fixed) |  |  | 0 | 0.577 | 0.816 | 1 |") in page
+    assert "| group | seeds | (0,1) | (1,2) | (2,3) |" in page
+    assert f"| {EXCHANGE} | 2 | 0.7 ± 0.14 | 0.4 ± 0.14 | 0.15 ± 0.071 |" in page
+    assert "](rung_placement.png)" in page and "](swap_acceptance.png)" in page and "](rungs.csv)" in page
+    rows = read_csv(paths["rungs_csv"])
+    assert [(r["group"], r["quantity"], r["index"]) for r in rows] == (
+        [(ADAPTIVE, "rung_t", str(i)) for i in range(4)] + [(EXCHANGE, "swap_accept", str(i)) for i in range(3)])
+    assert [float(r["mean"]) for r in rows] == pytest.approx([0, 0.125, 0.425, 1, 0.7, 0.4, 0.15], rel=1e-9)
+    assert float(rows[5]["std"]) == pytest.approx(std(0.5, 0.3), rel=1e-9) and {r["seeds"] for r in rows} == {"2"}
+    # the option groups sit beside the others in the summary, with ti p=0.5's numbers
+    summary = read_csv(paths["summary_csv"])
+    assert [r["group"] for r in summary] == [*GROUPS, *OPTION_GROUPS]
+    assert [float(r["fd_classifier_mean"]) for r in summary[1:]] == pytest.approx([7.0] * 3)
+    assert [r["power"] for r in summary] == ["", "0.5", "0.5", "0.5"]
+
+
+def test_option_figures_absent_without_their_metrics(classifier_report):
+    root, paths = classifier_report
+    assert not {"rung_placement", "swap_acceptance", "rungs_csv"} & set(paths)
+    assert not os.path.exists(os.path.join(root, "report", "rungs.csv"))
+    data = option_data(root)
+    assert data.ladders == {} and data.swaps == {} and list(data.references) == ["p=0.5"]
+    page = open(paths["report"]).read()
+    assert "*No figure: no run logged rung_t/… (no ti run with an adaptive ladder, ti.adapt_every > 0).*" in page
+    assert "*No figure: no run logged swap_accept/… (no ti run with replica exchange, ti.exchange_every > 0).*" in page
+    assert "Final swap acceptance" not in page and "rungs.csv" not in page
+
+
+def test_option_groups_from_configs_and_old_records(tmp_path):
+    # without study.json: groups from each config.json, in the grid's order
+    root = make_study(str(tmp_path / "a"), options=True, with_record=False)
+    runs = report.load_study(root).runs
+    assert list(report.group_runs(runs)) == [*GROUPS, *OPTION_GROUPS]
+    by_name = {r.name: r for r in runs}
+    assert (by_name["ti_p0.5_re2_b10_s0"].exchange_every, by_name["ti_p0.5_re2_b10_s0"].adapt_every) == (2, 0)
+    assert (by_name["ti_adapt_p0.5_b10_s1"].adapt_every, by_name["ti_adapt_p0.5_b10_s1"].adapt_decay) == (5, 0.9)
+    # a study.json and config.json from before the fields existed: no exchange, fixed ladders
+    old = report.load_study(make_study(str(tmp_path / "b")))
+    assert {(r.exchange_every, r.adapt_every, r.adapt_decay) for r in old.runs} == {(0, 0, None)}
+
+
+def test_each_group_keeps_one_colour_in_every_figure():
+    names = [f"g{i}" for i in range(13)]  # a full-scale study's 13 groups
+    colours = figures.group_colours(names)
+    assert len(set(colours.values())) == 13
+    tab10 = figures.colormaps["tab10"]
+    assert [colours[f"g{i}"] for i in range(10)] == [tab10(i) for i in range(10)]

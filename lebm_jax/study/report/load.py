@@ -1,14 +1,16 @@
 """Reading a study workdir (`lebm_jax.study.layout`): its runs, their logged rows, and their groups.
 
     study.json                  {"name", "runs": [{"name", "group", "variant", "seed", "batch_size", "power",
-                                 "num_temps"}, ...], optionally "machine" and "wall_seconds"}
+                                 "num_temps", "exchange_every", "adapt_every", "adapt_decay"}, ...],
+                                 optionally "machine" and "wall_seconds"; the last three fields are
+                                 absent from studies recorded before they existed (then: config.json's)
     runs/<name>/config.json     the run's training config
     runs/<name>/metrics.jsonl   the rows `writers.JsonlWriter` wrote
     runs/<name>/samples/        sample grids samples_<step:07d>.png
     runs/<name>/done.json       {"wall_seconds", "final_step", "finished"}, once the run has finished
 
-A "group" is one curve (e.g. "vanilla", "ti p=0.3"); its runs differ only in the seed and are averaged.
-Without study.json the groups come from each run's config.json.
+A "group" is one curve (e.g. "vanilla", "ti p=0.3", "ti p=1 +RE", "ti adaptive (from p=1)"); its runs
+differ only in the seed and are averaged. Without study.json the groups come from each run's config.json.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from lebm_jax.study.layout import (CONFIG_FILE, DONE_FILE, METRICS_FILE, RUNS_DIR, SAMPLES_DIR, SAMPLES_GLOB,
-                                   STUDY_FILE, number, run_directory)
+                                   STUDY_FILE, run_directory, ti_group)
 from lebm_jax.training.writers import read_jsonl
 
 
@@ -40,8 +42,11 @@ class Run:
     config: dict = dataclasses.field(default_factory=dict)
     done: dict | None = None  # done.json; None while unfinished
     batch_size: int | None = None
-    power: float | None = None  # ti only
+    power: float | None = None  # ti only (the adaptive ladder's starting power)
     num_temps: int | None = None  # ti only
+    exchange_every: int = 0  # ti only: posterior steps between replica-exchange rounds; 0 = none
+    adapt_every: int = 0  # ti only: training steps between placements of the adaptive ladder; 0 = fixed
+    adapt_decay: float | None = None  # ti with an adaptive ladder only
 
     @property
     def finished(self) -> bool:
@@ -108,12 +113,16 @@ def _read_metrics(path: str) -> list[dict]:
         raise ValueError(f"{path} is not JSON lines: {e}") from None
 
 
-def infer_group(variant: str, batch_size: int | None, power: float | None, base_batch: int | None) -> str:
+def infer_group(variant: str, batch_size: int | None, power: float | None, base_batch: int | None,
+                exchange_every: int = 0, adapt_every: int = 0) -> str:
     """The group of a run when study.json does not say: "vanilla", "vanilla B=<b>" off the base batch size,
-    "ti p=<p>" (with " B=<b>" off the base batch size), as `lebm_jax.study.grid` names them."""
+    "ti p=<p>", "ti p=<p> +RE" (replica exchange) or "ti adaptive (from p=<p>)" (with " B=<b>" off the
+    base batch size), as `lebm_jax.study.grid` names them."""
     off_base = batch_size is not None and base_batch is not None and batch_size != base_batch
     if variant == "ti":
-        return f"ti p={number(power)}" + (f" B={batch_size}" if off_base else "") if power is not None else "ti"
+        if power is None:
+            return "ti"
+        return ti_group(power, exchange_every, adapt_every) + (f" B={batch_size}" if off_base else "")
     return variant + (f" B={batch_size}" if off_base else "")
 
 
@@ -128,6 +137,14 @@ def _base_batch(configs: Iterable[dict]) -> int | None:
 def _run(directory: str, spec: dict, config: dict) -> Run:
     ti = config.get("ti", {})
     variant = spec.get("variant", config.get("variant", "unknown"))
+
+    def ti_field(name: str, default):
+        """study.json's value, else config.json's, else ``default`` (a run from before the field existed)."""
+        if variant != "ti":
+            return default
+        value = spec.get(name)
+        return ti.get(name, default) if value is None else value
+
     return Run(
         name=os.path.basename(directory),
         group=spec.get("group", ""),
@@ -140,13 +157,19 @@ def _run(directory: str, spec: dict, config: dict) -> Run:
         batch_size=spec.get("batch_size", config.get("batch_size")),
         power=spec.get("power", ti.get("power")) if variant == "ti" else None,
         num_temps=spec.get("num_temps", ti.get("num_temps")) if variant == "ti" else None,
+        exchange_every=int(ti_field("exchange_every", 0) or 0),
+        adapt_every=int(ti_field("adapt_every", 0) or 0),
+        adapt_decay=ti_field("adapt_decay", None) if ti_field("adapt_every", 0) else None,
     )
 
 
 def _sort_key(run: Run, base_batch: int | None):
-    """vanilla at the base batch size, vanilla at other sizes (larger first), then ti by power."""
+    """vanilla at the base batch size, vanilla at other sizes (larger first), then ti with fixed ladders,
+    with replica exchange and with adaptive ladders, each by power (as `lebm_jax.study.grid` orders them)."""
     order = {"vanilla": 0, "ti": 1}.get(run.variant, 2)
-    return (order, run.batch_size != base_batch, -(run.batch_size or 0), run.power or 0.0, run.seed, run.name)
+    kind = 2 if run.adapt_every else (1 if run.exchange_every else 0)
+    return (order, run.batch_size != base_batch, -(run.batch_size or 0), kind, run.power or 0.0, run.seed,
+            run.name)
 
 
 def load_study(workdir: str) -> Study:
@@ -168,14 +191,16 @@ def load_study(workdir: str) -> Study:
                 not_started.append(spec["name"])
                 continue
             run = _run(directory, spec, _read_json(os.path.join(directory, CONFIG_FILE)) or {})
-            run.group = run.group or infer_group(run.variant, run.batch_size, run.power, None)
+            run.group = run.group or infer_group(run.variant, run.batch_size, run.power, None,
+                                                 run.exchange_every, run.adapt_every)
             runs.append(run)
     else:
         configs = {d: _read_json(os.path.join(d, CONFIG_FILE)) or {} for d in run_dirs}
         base = _base_batch(configs.values())
         runs = [_run(d, {}, configs[d]) for d in run_dirs]
         for run in runs:
-            run.group = (infer_group(run.variant, run.batch_size, run.power, base)
+            run.group = (infer_group(run.variant, run.batch_size, run.power, base, run.exchange_every,
+                                     run.adapt_every)
                          if run.variant != "unknown" else run.name)
         runs.sort(key=lambda r: _sort_key(r, base))
     if not any(run.rows for run in runs):

@@ -2,7 +2,8 @@
 page (`report_page`) that shows each figure with how to read it, the table, and the machine.
 
 It writes into <study>/report/ (or ``out_dir``) the figures of `figures.FIGURES` that have data,
-summary.csv, differences.csv and summary.md (`table`) and report.md; a figure without data is not written
+summary.csv, differences.csv and summary.md (`table`), rungs.csv when some run logged an adaptive ladder or
+replica exchange, and report.md; a figure without data is not written
 and the page says so. Every sentence that compares is generated from the numbers with their uncertainty
 (`stats`): a trend is called distinguishable from zero only when its confidence interval excludes zero, and
 a group difference beyond the seed spread only when it exceeds twice its standard error; the page says how
@@ -19,11 +20,13 @@ from lebm_jax.study.report.figures import FIGURES, FigureData, draw_figures, fig
 from lebm_jax.study.report.load import Study, group_runs, load_study
 from lebm_jax.study.report.stats import (CONFIDENCE, PARTS, SPREAD_FACTOR, ProtocolCheck, QualityNames, Trend,
                                          chance_beyond, protocol_check, quality_names)
-from lebm_jax.study.report.table import (Column, differences_csv, summary_columns, summary_csv, summary_differences,
-                                         summary_markdown, summary_rows)
+from lebm_jax.study.report.table import (Column, differences_csv, ladder_markdown, rungs_csv, summary_columns,
+                                         summary_csv, summary_differences, summary_markdown, summary_rows,
+                                         swap_markdown)
 
 SUMMARY_CSV = "summary.csv"
 DIFFERENCES_CSV = "differences.csv"
+RUNGS_CSV = "rungs.csv"
 SUMMARY_MD = "summary.md"
 PAGE = "report.md"
 
@@ -184,8 +187,9 @@ def make_report(study_workdir: str, out_dir: str | None = None, *, machine=None,
                 wall_seconds: float | None = None) -> dict[str, str]:
     """Writes the study's figures, summary.csv, differences.csv, summary.md and report.md into ``out_dir``
     (default <study>/report). ``machine`` / ``wall_seconds`` default to study.json's. Returns {name: path}
-    of the files written: the keys of FIGURES that had data, "summary_csv", "differences_csv", "summary_md"
-    and "report". Raises ValueError naming the directory when it holds no runs."""
+    of the files written: the keys of FIGURES that had data, "summary_csv", "differences_csv", "summary_md",
+    "rungs_csv" (when some group logged an adaptive ladder or swap acceptances; an older one is removed
+    otherwise) and "report". Raises ValueError naming the directory when it holds no runs."""
     study = load_study(study_workdir)
     out_dir = os.path.abspath(out_dir or os.path.join(study.directory, REPORT_DIR))
     os.makedirs(out_dir, exist_ok=True)
@@ -203,6 +207,13 @@ def make_report(study_workdir: str, out_dir: str | None = None, *, machine=None,
         written[key] = os.path.join(out_dir, name)
         with open(written[key], "w", newline="") as f:
             f.write(text)
+    rungs = os.path.join(out_dir, RUNGS_CSV)
+    if data.ladders or data.swaps:
+        written["rungs_csv"] = rungs
+        with open(rungs, "w", newline="") as f:
+            f.write(rungs_csv(data.ladders, data.swaps))
+    elif os.path.exists(rungs):
+        os.remove(rungs)
 
     page = report_page(study, data, rows, columns, written, table,
                        machine if machine is not None else study.record.get("machine"),
@@ -287,10 +298,37 @@ def report_page(study: Study, data: FigureData, rows: list[dict], columns: list[
     lines += _figure_section(
         "Temperature ladders and the TI integrand", "ti_schedule", written,
         "Left: the rungs t_i = (i/(N−1))^p of each ti group (dotted: p = 1); p < 1 packs rungs near the "
-        "posterior (t = 1), p > 1 near the prior (t = 0). Right: the integrand E_t = E_{π_t}[log p(x|z)] on "
+        "posterior (t = 1), p > 1 near the prior (t = 0). "
+        + ("Dashed: an adaptive group's ladder at its last logged step (mean over seeds); a group with replica "
+           "exchange shares its power's ladder. " if data.ladders else "")
+        + "Right: the integrand E_t = E_{π_t}[log p(x|z)] on "
         f"those rungs at the last logged training step (step {', '.join(map(str, steps))}), batch mean, mean "
         "over seeds; log p̂(x) is the trapezoid area under it, so rungs belong where it bends.",
         "no ti run logged rung_log_lik.")
+    lines += _figure_section(
+        "Adaptive ladders: rung placement over training", "rung_placement", written,
+        "Each rung t_i of each adaptive ladder against iteration, mean over seeds of the ladder the logged "
+        "training step ran on (rung_t/i), from t_0 = 0 at the bottom to t_{N−1} = 1 at the top; the ladder "
+        "starts as the power ladder of its starting p and is re-placed every ti.adapt_every steps at equal "
+        "thermodynamic length (docs/design.md §3). The short bars right of the dotted line are the fixed power "
+        "ladders of the study's other ti groups, for reference: rungs crowded near t = 0 resemble p > 1. The "
+        "table gives the final ladder and the power ladder closest to it.",
+        "no run logged rung_t/… (no ti run with an adaptive ladder, ti.adapt_every > 0).")
+    if data.ladders:
+        lines += ["Final adapted ladder (each run's last logged t_i, mean ± sample standard deviation over "
+                  "seeds), the power p whose ladder (i/(N−1))^p is closest to that mean in least squares over "
+                  "the inner rungs (with the RMS distance), and the fixed ladders for reference:", "",
+                  ladder_markdown(data.ladders, data.references)]
+    lines += _figure_section(
+        "Replica exchange: swap acceptance", "swap_acceptance", written,
+        "Left: the fraction of accepted swaps between neighbouring rungs (i, i+1) against iteration, over the "
+        "exchange rounds, chains and examples of the logged training step (swap_accept/i), mean over seeds. "
+        "Right: each pair's value at the last logged step, mean over seeds with ± the seeds' standard deviation, "
+        "dots the seeds. A pair that rarely swaps is where the ladder's neighbouring posteriors overlap least.",
+        "no run logged swap_accept/… (no ti run with replica exchange, ti.exchange_every > 0).")
+    if data.swaps:
+        lines += ["Final swap acceptance per pair (each run's last logged value, mean ± sample standard "
+                  "deviation over seeds):", "", swap_markdown(data.swaps)]
     lines += _figure_section(
         "Final samples", "samples", written,
         "The last sample grid of each group's first seed (prior Langevin chain, then the generator mean).",
@@ -301,8 +339,9 @@ def report_page(study: Study, data: FigureData, rows: list[dict], columns: list[
         lines += ["## Differences between groups", "",
                   f"Final means against the reference group; beyond the seed spread: |Δ| > {SPREAD_FACTOR:g} "
                   "standard errors of the difference, √(s₁²/n₁ + s₂²/n₂) over seeds.", ""] + differences + [""]
-    lines += ["## Summary", "", "Also as [summary.csv](summary.csv), [differences.csv](differences.csv) and "
-              "[summary.md](summary.md).", "", table]
+    also = ("[summary.csv](summary.csv), [differences.csv](differences.csv), [rungs.csv](rungs.csv) and "
+            if "rungs_csv" in written else "[summary.csv](summary.csv), [differences.csv](differences.csv) and ")
+    lines += ["## Summary", "", f"Also as {also}[summary.md](summary.md).", "", table]
     machine_lines = _machine_lines(machine, wall_seconds)
     if machine_lines:
         lines += ["## Machine and time", ""] + machine_lines + [""]

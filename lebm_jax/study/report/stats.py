@@ -20,6 +20,7 @@ import re
 from typing import Iterable
 
 import numpy as np
+import scipy.optimize
 import scipy.stats
 
 from lebm_jax.core.ladder import power_schedule
@@ -383,13 +384,16 @@ def protocol_check(runs: Iterable[Run]) -> ProtocolCheck | None:
 
 
 def ti_integrand(runs: Iterable[Run]) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """(t_i, E_i mean over runs, step) of the TI integrand E_i = rung_log_lik/i at each run's last training
-    row that logged it; the runs share one ladder. None without such rows."""
+    """(t_i, E_i, step) of the TI integrand E_i = rung_log_lik/i at each run's last training row that logged
+    it, both means over the runs: t_i is the ladder that row ran on (``rung_t/i``, logged by an adaptive
+    ladder; else the power ladder); step the earliest of those rows. The runs share N and p. None without
+    such rows."""
     runs = [r for r in runs if r.variant == "ti" and r.power is not None and r.num_temps]
     if not runs:
         return None
     num_temps, power = int(runs[0].num_temps), float(runs[0].power)
-    curves, steps = [], []
+    fixed = np.asarray(power_schedule(num_temps, power), np.float64)
+    curves, ladders, steps = [], [], []
     for run in runs:
         if (int(run.num_temps), float(run.power)) != (num_temps, power):
             continue
@@ -398,8 +402,99 @@ def ti_integrand(runs: Iterable[Run]) -> tuple[np.ndarray, np.ndarray, int] | No
         if rows:
             last = max(rows, key=lambda r: r["step"])
             curves.append([float(last[f"rung_log_lik/{i}"]) for i in range(num_temps)])
+            logged = [last.get(f"rung_t/{i}") for i in range(num_temps)]
+            ladders.append([float(t) for t in logged] if all(isinstance(t, (int, float)) for t in logged)
+                           else fixed)
             steps.append(int(last["step"]))
     if not curves:
         return None
-    ts = np.asarray(power_schedule(num_temps, power), np.float64)
-    return ts, np.nanmean(np.array(curves), axis=0), min(steps)
+    return np.mean(np.array(ladders, np.float64), axis=0), np.nanmean(np.array(curves), axis=0), min(steps)
+
+
+def indexed_keys(runs: Iterable[Run], prefix: str) -> list[str]:
+    """``prefix/0``, ``prefix/1``, … up to the largest index any of the runs logged (e.g. ``rung_t/i`` of
+    the rungs, ``swap_accept/i`` of the pairs (i, i+1)); [] when none did."""
+    pattern = re.compile(re.escape(prefix) + r"/(\d+)")
+    found = {int(m.group(1)) for run in runs for row in run.rows for k in row if (m := pattern.fullmatch(k))}
+    return [f"{prefix}/{i}" for i in range(max(found) + 1)] if found else []
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedCurves:
+    """A per-rung (or per-pair) metric of one group over training and at the end: ``mean[s, i]`` the mean
+    over seeds of ``<prefix>/i`` at ``steps[s]`` (NaN where no run has a finite value); ``final[i]`` the Stat
+    of the runs' last finite values (None where none has one), ``seeds[i]`` those values run by run."""
+
+    steps: np.ndarray  # (S,)
+    mean: np.ndarray  # (S, K)
+    final: list[Stat | None]
+    seeds: list[np.ndarray]
+
+
+def indexed_curves(runs: Iterable[Run], prefix: str) -> IndexedCurves | None:
+    """IndexedCurves of ``prefix/i`` over a group's runs; None when none of them logged a finite value."""
+    runs = list(runs)
+    keys = indexed_keys(runs, prefix)
+    per_key = [series(runs, k) for k in keys]
+    steps = sorted(set().union(*[s.tolist() for s, *_ in per_key])) if per_key else []
+    if not steps:
+        return None
+    where = {s: j for j, s in enumerate(steps)}
+    mean = np.full((len(steps), len(keys)), np.nan)
+    for i, (s, m, _, _) in enumerate(per_key):
+        mean[[where[x] for x in s.tolist()], i] = m
+    finals = [np.array([run.final(k) for run in runs]) for k in keys]
+    return IndexedCurves(np.array(steps, dtype=np.int64), mean, [final_stat(runs, k) for k in keys],
+                         [v[np.isfinite(v)] for v in finals])
+
+
+def adaptive_ladders(groups: dict[str, list[Run]]) -> dict[str, IndexedCurves]:
+    """The groups whose runs logged an adaptive ladder (``rung_t/i``) -> its rungs over training."""
+    out = {}
+    for group, runs in groups.items():
+        if (curves := indexed_curves(runs, "rung_t")) is not None:
+            out[group] = curves
+    return out
+
+
+def swap_acceptance(groups: dict[str, list[Run]]) -> dict[str, IndexedCurves]:
+    """The groups whose runs logged replica exchange (``swap_accept/i``) -> its acceptance per pair."""
+    out = {}
+    for group, runs in groups.items():
+        if (curves := indexed_curves(runs, "swap_accept")) is not None:
+            out[group] = curves
+    return out
+
+
+def fixed_ladders(groups: dict[str, list[Run]]) -> dict[str, np.ndarray]:
+    """The power ladders t_i = (i/(N−1))^p of the ti groups whose ladder is fixed, labelled "p=<p>" (with
+    ", N=<N>" when the groups differ in N), one per distinct (N, p), in the groups' order: what an adaptive
+    ladder is read against."""
+    found: list[tuple[int, float]] = []
+    for runs in groups.values():
+        ti = [r for r in runs if r.variant == "ti" and r.power is not None and r.num_temps]
+        if not ti or any(r.adapt_every for r in ti) or indexed_keys(ti, "rung_t"):
+            continue
+        if (ladder := (int(ti[0].num_temps), float(ti[0].power))) not in found:
+            found.append(ladder)
+    one_n = len({n for n, _ in found}) <= 1
+    return {f"p={p:g}" + ("" if one_n else f", N={n}"): np.asarray(power_schedule(n, p), np.float64)
+            for n, p in found}
+
+
+def closest_power(ts) -> tuple[float, float]:
+    """(p, rms): the power ladder (i/(N−1))^p closest to the ladder ``ts`` (N ≥ 3 rungs, t_0 = 0 and
+    t_{N−1} = 1) in least squares over its inner rungs, p searched in [0.01, 100] on a log scale, and the
+    root mean square distance over those rungs; NaNs when ``ts`` has fewer than 3 rungs or is not finite. A
+    one-number reading of where an adaptive ladder put its rungs."""
+    ts = np.asarray(ts, np.float64)
+    if ts.size < 3 or not np.all(np.isfinite(ts)):
+        return math.nan, math.nan
+    u = np.linspace(0.0, 1.0, ts.size)[1:-1]
+
+    def loss(log_p):
+        return float(np.mean((u ** math.exp(log_p) - ts[1:-1]) ** 2))
+
+    res = scipy.optimize.minimize_scalar(loss, bounds=(math.log(0.01), math.log(100.0)), method="bounded",
+                                         options={"xatol": 1e-10})
+    return math.exp(res.x), math.sqrt(loss(res.x))

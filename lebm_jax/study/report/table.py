@@ -1,7 +1,9 @@
 """The summary table: one row per group, each column a final metric as mean ± std over seeds (with the
 runs' own standard error where the metric logs one), as CSV (summary.csv) and Markdown (summary.md); and
 each group's differences from the reference group, marked as within or beyond the seed spread
-(differences.csv and a second Markdown table). All depend only on the study's files (no timestamps).
+(differences.csv and a second Markdown table); and the final adapted ladders and swap acceptances of the
+groups that logged them (rungs.csv and two Markdown tables for report.md). All depend only on the study's
+files (no timestamps).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import dataclasses
 import io
 import math
 
+import numpy as np
+
 from lebm_jax.study.layout import number
 from lebm_jax.study.report.load import Run
-from lebm_jax.study.report.stats import (SPREAD_FACTOR, Difference, QualityNames, Stat, difference, final_stat,
-                                         reference_group, wall_stat)
+from lebm_jax.study.report.stats import (SPREAD_FACTOR, Difference, IndexedCurves, QualityNames, Stat, closest_power,
+                                         difference, final_stat, reference_group, wall_stat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,3 +184,58 @@ def summary_markdown(rows: list[dict], columns: list[Column]) -> str:
             "test: with few seeds and many columns some differences pass it by chance (see report.md).",
         ]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------- adaptive ladders and replica exchange
+def _pm(stat: Stat | None) -> str:
+    """"mean ± std" (3 and 2 significant digits), "mean" for one seed, "—" for none."""
+    if stat is None:
+        return "—"
+    return f"{stat.mean:.3g}" if not math.isfinite(stat.std) else f"{stat.mean:.3g} ± {stat.std:.2g}"
+
+
+def _seeds(curves: IndexedCurves) -> int:
+    return max((st.count for st in curves.final if st is not None), default=0)
+
+
+def ladder_markdown(ladders: dict[str, IndexedCurves], references: dict[str, np.ndarray]) -> str:
+    """The final adapted ladder of each adaptive group (each rung's last logged t_i, mean ± seed std), the
+    power ladder closest to it (`stats.closest_power`) and, as reference rows, the study's fixed ladders."""
+    width = max([c.mean.shape[1] for c in ladders.values()] + [t.size for t in references.values()])
+    header = ["group", "seeds", "closest power p (RMS distance)"] + [f"t_{i}" for i in range(width)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for group, curves in ladders.items():
+        finals = list(curves.final) + [None] * (width - len(curves.final))
+        p, rms = closest_power([st.mean if st is not None else math.nan for st in curves.final])
+        closest = f"{p:.3g} ({rms:.2g})" if math.isfinite(p) else "—"
+        lines.append("| " + " | ".join([group, str(_seeds(curves)), closest] + [_pm(st) for st in finals]) + " |")
+    for label, ts in references.items():
+        cells = [f"{t:.3g}" for t in ts] + ["—"] * (width - ts.size)
+        lines.append("| " + " | ".join([f"{label} (fixed)", "", ""] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def swap_markdown(swaps: dict[str, IndexedCurves]) -> str:
+    """The final swap acceptance of each pair (i, i+1) of each replica-exchange group, mean ± seed std."""
+    width = max(c.mean.shape[1] for c in swaps.values())
+    header = ["group", "seeds"] + [f"({i},{i + 1})" for i in range(width)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for group, curves in swaps.items():
+        finals = list(curves.final) + [None] * (width - len(curves.final))
+        lines.append("| " + " | ".join([group, str(_seeds(curves))] + [_pm(st) for st in finals]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rungs_csv(ladders: dict[str, IndexedCurves], swaps: dict[str, IndexedCurves]) -> str:
+    """CSV text, one line per group and rung (quantity rung_t: the final adapted t_i) or pair (quantity
+    swap_accept: the final acceptance of (i, i+1)): group, quantity, index, mean, std (ddof = 1, empty with
+    one seed), seeds."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "quantity", "index", "mean", "std", "seeds"])
+    for quantity, by_group in (("rung_t", ladders), ("swap_accept", swaps)):
+        for group, curves in by_group.items():
+            for i, st in enumerate(curves.final):
+                if st is not None:
+                    writer.writerow([group, quantity, i, _g(st.mean), _g(st.std), st.count])
+    return out.getvalue()
