@@ -29,6 +29,9 @@ from lebm_jax.core.langevin import ChainSpec
 from lebm_jax.core.objectives import loss_and_grads, make_objective
 from lebm_jax.data import datasets as data
 from lebm_jax.data.images import to_float
+from lebm_jax.measure.base import measure
+from lebm_jax.measure.gradient_stats import GradientStats
+from lebm_jax.measure.loglik import LogLikelihood, training_estimator
 from lebm_jax.training import build, loop
 from lebm_jax.training import config as config_lib
 from lebm_jax.training.step import TrainState, create_train_state, step_metrics
@@ -254,6 +257,44 @@ def test_training_with_mala_two_chains_and_exchange(tmp_path, dataset):
         trained.training_log_likelihood(x, key, exchange_every=2)
     with pytest.raises(ValueError, match=r"method='hmc' is not one of"):
         trained.training_log_likelihood(x, key, method="hmc")
+
+
+def test_evaluators_that_run_the_objective_use_the_ladder_they_are_given():
+    """The gradient statistics and the protocol's training estimator of an adaptive run get its current ladder
+    (through `measure`, as the loop and offline evaluation call them): given the power ladder p = 3, they equal
+    the same evaluators of a fixed-ladder objective with p = 3, and the estimator differs on its own p = 1 start (on the
+    linear-Gaussian model, whose data the evaluators read as images of shape (D,)); evaluators that do not run
+    the objective are called without it."""
+    model = problem(2, 6, 1)[0]
+    params = model.init(jax.random.key(0))
+    chain = ChainSpec(6, 0.2, "mala")
+    objective = {p: make_objective("ti", model, prior_chain=chain, posterior_chain=chain, num_temps=5, power=p,
+                                   adapt_every=2 if p == 1.0 else 0) for p in (1.0, 3.0)}
+    images = np.random.default_rng(0).integers(0, 256, (32, 6), dtype=np.uint8)  # to_float: [-1, 1] data
+    cfg = config_lib.base_config().gradstats
+    cfg.num_draws = 4
+    stats = {p: GradientStats(cfg, objective[p], images, 8) for p in (1.0, 3.0)}
+    key = jax.random.key(3)
+    p3 = ladder.power_schedule(5, 3.0)
+    on_p3, reference = measure(stats[1.0], params, key, p3), measure(stats[3.0], params, key)
+    for name in ("total_var/gen", "mcmc_var/gen", "loss_var/gen"):
+        np.testing.assert_allclose(on_p3[name], reference[name], rtol=1e-4)
+    x = jnp.asarray(to_float(images[:4]))
+    estimator = {p: training_estimator(objective[p]) for p in (1.0, 3.0)}
+    on_p3 = estimator[1.0](params, x, key, p3)
+    np.testing.assert_allclose(on_p3, estimator[3.0](params, x, key), rtol=1e-5)
+    assert np.all(np.abs(on_p3 - estimator[1.0](params, x, key)) > 1e-3)
+    assert LogLikelihood.reads_ladder and GradientStats.reads_ladder
+
+    calls = []
+
+    class Plain:  # an evaluator that does not run the objective: called as evaluator(params, key)
+        def __call__(self, params, key):
+            calls.append("plain")
+            return {}
+
+    measure(Plain(), params, key, p3)
+    assert calls == ["plain"]
 
 
 def test_off_by_default_the_state_and_the_step_are_those_of_the_fixed_ladder():

@@ -44,11 +44,12 @@ class GradientStatistics(NamedTuple):
     mean_grad: Params  # mean of the R total draws
 
 
-def objective_grad_fn(objective) -> GradFn:
-    """The GradFn of an objective: its gradients and per-example EBM and generator losses."""
+def objective_grad_fn(objective, temperatures=None) -> GradFn:
+    """The GradFn of an objective: its gradients and per-example EBM and generator losses. ``temperatures``
+    (ti only; may be traced): the ladder to run on instead of the objective's own (a run's adapted ladder)."""
 
     def fn(params, x, key):
-        res = loss_and_grads(objective, params, x, key)
+        res = loss_and_grads(objective, params, x, key, temperatures)
         return res.grads, {"ebm": res.aux.per_example.ebm, "gen": res.aux.per_example.gen}
 
     return fn

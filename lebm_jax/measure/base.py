@@ -1,6 +1,7 @@
 """The evaluator interface: what training and offline evaluation rely on, whatever the metric.
 
-An evaluator measures a model at given parameters: ``evaluator(params, key) -> {name: value}``. It has
+An evaluator measures a model at given parameters: ``evaluator(params, key) -> {name: value}`` (call it through
+`measure`, which also hands an adaptive run's current TI ladder to the evaluators that run the objective). It has
 a ``name`` (its entry in `lebm_jax.measure.registry.EVALUATORS`), a metric ``prefix`` (logged names are
 ``prefix + name``), a schedule ``every`` (training steps between calls; 0: never during training, offline
 only) and ``info`` (facts to record once, such as the feature space and its classifier's accuracy).
@@ -41,6 +42,16 @@ class Context:
     data: ImageData
     mesh: jax.sharding.Mesh | None = None
     cache_dir: str | None = None
+
+
+def measure(evaluator: Evaluator, params: Params, key: jax.Array, temperatures: jax.Array | None = None
+            ) -> dict[str, float]:
+    """``evaluator(params, key)``; an evaluator whose result depends on the TI ladder (``reads_ladder = True``:
+    it runs the objective's chains) also gets ``temperatures``, an adaptive run's current ladder (None for
+    any other run, so the objective's own ladder is used)."""
+    if temperatures is not None and getattr(evaluator, "reads_ladder", False):
+        return evaluator(params, key, temperatures=temperatures)
+    return evaluator(params, key)
 
 
 def is_due(evaluator: Evaluator, step: int, last_step: int) -> bool:

@@ -36,12 +36,12 @@ class GradientStats:
         cfg = gradstats_config
         self.every = cfg.every
         self.info = {"num_draws": cfg.num_draws, "num_batches": cfg.num_batches, "batch_size": batch_size}
-        grad_fn = gradstats.objective_grad_fn(objective)
+        def stats(params, data, key, temperatures):
+            grad_fn = gradstats.objective_grad_fn(objective, temperatures)
 
-        def from_uint8(params, x, key):
-            return grad_fn(params, to_float(x), key)
+            def from_uint8(params, x, key):
+                return grad_fn(params, to_float(x), key)
 
-        def stats(params, data, key):
             return gradstats.gradient_statistics(
                 from_uint8, params, data, key, batch_size=batch_size, num_draws=cfg.num_draws,
                 num_batches=cfg.num_batches, chunk=cfg.chunk or None,
@@ -58,7 +58,12 @@ class GradientStats:
     def from_config(cls, config: ml_collections.ConfigDict, context: Context) -> "GradientStats":
         return cls(config.gradstats, context.objective, context.data.train, config.batch_size)
 
-    def __call__(self, params: Params, key: jax.Array) -> dict[str, float]:
+    reads_ladder = True  # the loop passes an adaptive run's current ladder as ``temperatures``
+
+    def __call__(self, params: Params, key: jax.Array, temperatures: jax.Array | None = None) -> dict[str, float]:
+        """At ``params``, on the run's current ladder ``temperatures`` when it adapts (else the config's)."""
         params = jax.device_put(jax.device_get(params), self._data.sharding)  # one device, whatever the mesh
-        out = jax.device_get(self._fn(params, self._data, key))
+        if temperatures is not None:
+            temperatures = jax.device_put(jax.device_get(temperatures), self._data.sharding)
+        out = jax.device_get(self._fn(params, self._data, key, temperatures))
         return {name: float(v) for name, v in out.items()}

@@ -71,13 +71,15 @@ def mean_se(values) -> tuple[float, float]:
 
 
 def training_estimator(objective: Objective):
-    """Jitted (params, x (B, ...), key) -> (B,) the objective's own per-example estimate of log p(x):
-    minus its per-example generator loss (ti: the trapezoid on its ladder; vanilla: mean_s log p(x|z⁺_s))."""
+    """Jitted (params, x (B, ...), key, temperatures=None) -> (B,) the objective's own per-example estimate of
+    log p(x): minus its per-example generator loss (ti: the trapezoid on its ladder, or on ``temperatures``, an
+    adaptive run's current ladder; vanilla: mean_s log p(x|z⁺_s))."""
 
     @jax.jit
-    def fn(params, x, key):
-        samples = objective.sample(params, x, example_keys(key, x.shape[0]))
-        _, aux = objective.losses(params, x, samples)
+    def fn(params, x, key, temperatures=None):
+        ladder_arg = {} if temperatures is None else {"temperatures": temperatures}
+        samples = objective.sample(params, x, example_keys(key, x.shape[0]), **ladder_arg)
+        _, aux = objective.losses(params, x, samples, **ladder_arg)
         return -aux.per_example.gen
 
     return fn
@@ -189,10 +191,13 @@ class LogLikelihood:
             cache = SweepCache(os.path.join(context.cache_dir, SWEEP_CACHE_SUBDIR), identity)
         return cls(config.loglik, context.model, context.objective, images, cache)
 
-    def estimates(self, params: Params) -> tuple[annealing.SweepResult, np.ndarray | None]:
+    def estimates(self, params: Params, temperatures: jax.Array | None = None
+                  ) -> tuple[annealing.SweepResult, np.ndarray | None]:
         """The sweep's per-example results (from the cache when it holds them) and the training estimates
-        (R, B) (None with train_draws = 0)."""
+        (R, B) (None with train_draws = 0), on the run's current ladder ``temperatures`` when it adapts."""
         params = jax.device_put(jax.device_get(params))  # one device, whatever the mesh
+        if temperatures is not None:
+            temperatures = jax.device_put(jax.device_get(temperatures))
         k_sweep, k_train = jax.random.split(self._key)
         res = self.cache.load(params) if self.cache is not None else None
         if res is None:
@@ -201,10 +206,14 @@ class LogLikelihood:
                 self.cache.store(params, res)
         train = None
         if self._train is not None:
-            train = np.stack([np.asarray(self._train(params, self._x, jax.random.fold_in(k_train, r)))
+            train = np.stack([np.asarray(self._train(params, self._x, jax.random.fold_in(k_train, r), temperatures))
                               for r in range(self.num_draws)])
         return res, train
 
-    def __call__(self, params: Params, key: jax.Array) -> dict[str, float]:
-        """``key`` is not used: every run and every step gets the protocol's own keys (``loglik.seed``)."""
-        return summarise(*self.estimates(params))
+    reads_ladder = True  # the loop passes an adaptive run's current ladder as ``temperatures``
+
+    def __call__(self, params: Params, key: jax.Array, temperatures: jax.Array | None = None) -> dict[str, float]:
+        """``key`` is not used: every run and every step gets the protocol's own keys (``loglik.seed``). The
+        protocol's sweep does not depend on the run's ladder; its training estimator runs on ``temperatures``
+        when given (an adaptive run's current ladder)."""
+        return summarise(*self.estimates(params, temperatures))

@@ -30,7 +30,7 @@ from lebm_jax.core.devices import data_mesh, host_value
 from lebm_jax.data import datasets as data_lib
 from lebm_jax.data import images
 from lebm_jax.data.files import write_atomic
-from lebm_jax.measure.base import Context, is_due, seconds_metric
+from lebm_jax.measure.base import Context, is_due, measure, seconds_metric
 from lebm_jax.measure.registry import build_evaluators
 from lebm_jax.training import build, checkpoint
 from lebm_jax.training import config as config_lib
@@ -173,15 +173,17 @@ def train_and_evaluate(
             images.save_grid(grid, path, scale=max(1, 128 // config.data.image_size))
         seconds["grid"] += time.time() - t
 
-    def evaluate(at: int, params) -> None:
+    def evaluate(at: int, params, ladder=None) -> None:
         """The evaluators due at step ``at``, logged as one row; never on parameters the non-finite
-        guard kept (the caller checks first)."""
+        guard kept (the caller checks first). ``ladder``: an adaptive run's current `ladder.AdaptiveLadder`,
+        whose temperatures the evaluators that run the objective use."""
+        temperatures = None if ladder is None else ladder.temperatures
         out = {}
         for evaluator in evaluators:
             if not is_due(evaluator, at, config.num_steps):
                 continue
             t = time.time()
-            values = evaluator(params, build.evaluator_key(keys, evaluator.name, at))
+            values = measure(evaluator, params, build.evaluator_key(keys, evaluator.name, at), temperatures)
             out.update({evaluator.prefix + k: v for k, v in values.items()})
             seconds[evaluator.name] += time.time() - t
             out[seconds_metric(evaluator)] = seconds[evaluator.name]
@@ -194,7 +196,7 @@ def train_and_evaluate(
         if lead:
             logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
         sample_grid(0, state.params)
-        evaluate(0, state.params)
+        evaluate(0, state.params, getattr(state, "ladder", None))
 
     train_fn = make_train_fn(objective, optimizers, mesh)
     # clu's progress report (steps/s, % done and ETA in the log and the work-unit notes) every minute;
@@ -248,7 +250,7 @@ def train_and_evaluate(
                 sample_grid(step, state.params)
             if any(is_due(ev, step, config.num_steps) for ev in evaluators):
                 check_finite(state)
-                evaluate(step, state.params)
+                evaluate(step, state.params, getattr(state, "ladder", None))
     finally:
         writer.flush()
         ckpt.close()

@@ -17,7 +17,7 @@ import ml_collections
 
 from lebm_jax.data import datasets as data_lib
 from lebm_jax.data.files import write_json
-from lebm_jax.measure.base import Context
+from lebm_jax.measure.base import Context, measure
 from lebm_jax.measure.registry import build_evaluators
 from lebm_jax.training import build
 from lebm_jax.training.trained import Trained
@@ -59,7 +59,7 @@ def evaluate_checkpoint(
             continue
         t = time.time()
         key = build.evaluator_key(keys, evaluator.name, trained.step)
-        values = evaluator(params, key)
+        values = measure(evaluator, params, key, trained.ladder)  # an adaptive run: its ladder at this step
         results.update({evaluator.prefix + k: v for k, v in {**values, **evaluator.info}.items()})
         results["seconds"][evaluator.name] = time.time() - t
 
