@@ -1,15 +1,19 @@
 r"""The full-scale variance study on CelebA-64: vanilla at batch 100, 25, 50 and 200, and ti with N = 10 rungs for
-p ∈ {0.1, 0.3, 1, 2, 3, 6, 10}, five seeds each (55 runs of configs/celeba64.py, Inception FID every 5,000 steps).
+p ∈ {0.1, 0.3, 1, 2, 3, 6, 10}, and ti from p = 1 with replica exchange every 5 posterior steps and with the
+adaptive ladder (re-placed every 100 steps), five seeds each (65 runs of configs/celeba64.py, Inception FID every
+5,000 steps).
 
     python -m experiments.study --config configs/study_celeba64.py --workdir runs/study_celeba64
 
-Expected time on one GPU (an estimate, not a measurement: no GPU was at hand). A training step costs
-851 GFLOP (vanilla) and 7708 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip
-counts; at an assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 48,840-step run takes about
-0.5 h (vanilla, batch 100) and 4.2 h (ti), so the grid needs about 9 h of vanilla runs and
-146 h of ti runs, some 155 GPU-hours in all, plus evaluation. Run
-``python -m experiments.benchmark --config configs/celeba64.py [--config.variant=ti]`` on the card first and
-scale by its measured step time. Pang et al. report FID 37.87 for the vanilla model.
+Expected time on one GPU (an estimate, not a measurement: no GPU was at hand). A training step costs 851 GFLOP
+(vanilla) and 7708 GFLOP (ti, N = 10), counted by ``experiments.benchmark`` with loop trip counts; at an
+assumed sustained 25 TFLOP/s (TF32 on an H100-class card) a 48,840-step run takes about 0.5 h (vanilla, batch
+100) and 4.2 h (ti); with replica exchange a step costs 7859 GFLOP (2% more: one generator pass over the rungs
+per exchange round; ``experiments.benchmark --mode options``; the adaptive ladder's update adds a few hundred
+FLOPs), about 4.3 h a run; so the grid needs about 9 h of vanilla runs and 189 h of ti runs, some 198
+GPU-hours in all, plus evaluation. Run ``python -m experiments.benchmark --config configs/celeba64.py
+[--config.variant=ti]`` on the card first and scale by its measured step time. Pang et al. report FID 37.87
+for the vanilla model.
 """
 
 from pathlib import Path

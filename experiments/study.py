@@ -1,9 +1,12 @@
-r"""Run a variance study: a grid of training runs (vanilla, ti per schedule power) × seeds, then its report.
+r"""Run a variance study: a grid of training runs (vanilla; ti per schedule power, with replica exchange, with the
+adaptive ladder) × seeds, then its report.
 
     python -m experiments.study --config configs/study_digits.py --workdir runs/study
 
 Runs go one after another; starting again with the same --workdir skips finished runs and resumes an
-interrupted one from its checkpoint. The report lands in <workdir>/report/report.md.
+interrupted one from its checkpoint. The report lands in <workdir>/report/report.md. The runs of one seed
+start from the same parameters and share the held-out log-likelihood protocol's step-0 sweep through
+<workdir>/evaluation_cache/.
 
 Errors: a bad flag or config value (of any run of the grid), an unknown --config.<field>, a --workdir
 that is (or lies under) a file, a missing data set and a checkpoint that is damaged or does not fit end
