@@ -3,18 +3,17 @@ r"""The variance study on scikit-learn's digits: the README's main job, minutes 
     python -m experiments.study --config configs/study_digits.py --workdir runs/study
     python -m experiments.report --workdir runs/study        # (also run at the end of the study)
 
-vanilla; ti with N = 10 rungs for p ∈ {0.3, 1, 3}; ti p = 1 with replica exchange; ti with the adaptive
-ladder started from p = 1; two seeds each: 12 runs of configs/digits.py shortened to 200 steps at batch 50,
+vanilla; ti with N = 10 rungs for p ∈ {0.3, 1}; ti p = 1 with replica exchange; ti with the adaptive
+ladder started from p = 1; two seeds each: 10 runs of configs/digits.py shortened to 200 steps at batch 50,
 with the gradient statistics (R = 4 draws) and the classifier-space sample quality (500 samples) every 50
 steps, and the held-out log-likelihood protocol (TI and AIS, one setting for every run) at steps 0 and 200.
 Every run of a seed starts from the same parameters, so the protocol's step-0 sweep is computed once per seed
 and read by the seed's other runs (the study's evaluation cache; bit-identical). Override any training field
 with --config.train.<field>.
 
-Time on the project's 2-core CPU with a warm compilation cache (estimated from per-run timings, not a full
-run): about 14.8 min for the 12 runs and the report (vanilla ~49 s, a ti run ~78 s with the shared step-0
-sweep, ~91 s without, exchange and adaptive runs within ~3 s of fixed-ladder ti); the 8-run version took
-10.7 min. Without the shared sweep the 12 runs would take about 17.1 min.
+The fixed p = 3 group of earlier versions is left out to keep the job within 15 minutes: in the 8-run study
+it was indistinguishable from p = 1 on every measure (docs/study_digits of that version); the full-scale
+configs keep it. Add it back with --config.powers="(0.3, 1.0, 3.0)" (about 2.5 min more).
 """
 
 from pathlib import Path
@@ -54,7 +53,7 @@ def get_config():
     c.train = t
     c.vanilla = True
     c.batch_sizes = ()  # extra vanilla batch sizes
-    c.powers = (0.3, 1.0, 3.0)
+    c.powers = (0.3, 1.0)
     c.num_temps = 10
     # ti p = 1 with replica exchange between neighbouring rungs every 5 of the posterior chain's 20 steps
     # (configs/digits.py keeps the reference 20): 4 rounds alternating even and odd pairs, so every pair is
