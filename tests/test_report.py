@@ -28,6 +28,7 @@ from lebm_jax.study import report
 from lebm_jax.study.report import figures
 from lebm_jax.study.report import page as page_lib
 from lebm_jax.study.report import stats
+from lebm_jax.study.report import table as table_lib
 from lebm_jax.study.report.load import Run
 from lebm_jax.training.writers import JsonlWriter
 
@@ -80,6 +81,9 @@ LADDER = {(0, 5): (0.0, 0.2, 0.5, 1.0), (0, 10): (0.0, 0.1, 0.4, 1.0),
 # final value for that pair is step 5's
 SWAP = {(0, 5): (0.9, 0.6, 0.3), (0, 10): (0.8, 0.5, 0.2),
         (1, 5): (0.7, 0.4, 0.1), (1, 10): (0.6, 0.3, math.nan)}
+# the one metric where the option groups differ from "ti p=0.5" (whose final values are 0.03 for both seeds):
+# exchange lower by 0.008, beyond twice its standard error of 0.002; adaptive higher by 0.01, within 2 × 0.01
+OPTION_RECON = {(EXCHANGE, 0): 0.02, (EXCHANGE, 1): 0.024, (ADAPTIVE, 0): 0.03, (ADAPTIVE, 1): 0.05}
 
 
 def run_name(group, seed):
@@ -129,7 +133,8 @@ def write_run(directory, group, seed, space, finished=True, loglik=True):
                 row.update({f"rung_t/{i}": t for i, t in enumerate(LADDER[seed, step])})
             w.write_scalars(step, row)
         if step in (0, 10):  # held-out rows
-            w.write_scalars(step, {"heldout/recon_mse": RECON[group, seed] if last else 0.5,
+            recon = OPTION_RECON.get((option, seed), RECON[group, seed])
+            w.write_scalars(step, {"heldout/recon_mse": recon if last else 0.5,
                                    "heldout/posterior_log_lik": -80.0})
         if loglik and step in LOGLIK_STEPS:
             w.write_scalars(step, loglik_row(group, seed, last))
@@ -699,6 +704,50 @@ def test_option_tables_in_the_page_and_rungs_csv(options_report):
     assert [r["group"] for r in summary] == [*GROUPS, *OPTION_GROUPS]
     assert [float(r["fd_classifier_mean"]) for r in summary[1:]] == pytest.approx([7.0] * 3)
     assert [r["power"] for r in summary] == ["", "0.5", "0.5", "0.5"]
+
+
+def test_option_groups_are_compared_with_their_fixed_ladder(options_report):
+    _, paths = options_report
+    rows = read_csv(paths["differences_csv"])
+    # every group against vanilla, then each option group against "ti p=0.5", on the same columns
+    pairs = list(dict.fromkeys((r["group"], r["reference"]) for r in rows))
+    assert pairs == [("ti p=0.5", "vanilla"), (EXCHANGE, "vanilla"), (ADAPTIVE, "vanilla"),
+                     (EXCHANGE, "ti p=0.5"), (ADAPTIVE, "ti p=0.5")]
+    against_base = {(r["group"], r["metric"]): r for r in rows if r["reference"] == "ti p=0.5"}
+    assert len(against_base) == 2 * 12
+    for (group, metric), r in against_base.items():
+        if metric != "recon_mse":  # the option groups log ti p=0.5's numbers there, seed for seed
+            assert float(r["delta"]) == 0.0 and r["verdict"] == "within", r
+    ex, ad = against_base[EXCHANGE, "recon_mse"], against_base[ADAPTIVE, "recon_mse"]
+    base_std = std(RECON["ti p=0.5", 0], RECON["ti p=0.5", 1])  # 0: 0.03 for both seeds
+    assert float(ex["delta"]) == pytest.approx(0.022 - 0.03, rel=1e-9)
+    assert float(ex["se"]) == pytest.approx(welch_se(std(0.02, 0.024), base_std), rel=1e-9)
+    assert ex["verdict"] == "beyond"
+    assert float(ad["delta"]) == pytest.approx(0.04 - 0.03, rel=1e-9)
+    assert float(ad["se"]) == pytest.approx(welch_se(std(0.03, 0.05), base_std), rel=1e-9)
+    assert ad["verdict"] == "within"
+    # the same numbers in summary.md's third table and in the page's sentences
+    summary = open(paths["summary_md"]).read()
+    fd_se = welch_se(std(6.0, 8.0), std(6.0, 8.0))  # ti p=0.5's final FD: 6 and 8
+    assert f"| {EXCHANGE} | ti p=0.5 | +0 ± {fd_se:.2g}: within |" in summary
+    assert "| -0.008 ± 0.002: beyond |" in summary and "| +0.01 ± 0.01: within |" in summary
+    page = open(paths["report"]).read()
+    assert f"- {EXCHANGE} against ti p=0.5: beyond the seed spread in held-out recon. MSE (-0.008 ± 0.002); " in page
+    assert f"- {ADAPTIVE} against ti p=0.5: within the seed spread in " in page
+
+
+def test_base_group_of_each_kind_of_group():
+    def runs(power, exchange_every=0, adapt_every=0, count=2):
+        return [Run(f"r{i}", "", "ti", i, "", [], power=power, exchange_every=exchange_every,
+                    adapt_every=adapt_every) for i in range(count)]
+
+    assert table_lib.base_group("ti p=1 +RE", runs(1.0, exchange_every=5)) == "ti p=1"
+    assert table_lib.base_group("ti adaptive (from p=0.3)", runs(0.3, adapt_every=10)) == "ti p=0.3"
+    assert table_lib.base_group("ti adaptive (from p=1) +RE B=25", runs(1.0, 5, 10)) == "ti p=1 B=25"
+    assert table_lib.base_group("ti p=1", runs(1.0)) is None  # a fixed ladder modifies nothing
+    assert table_lib.base_group("my runs", runs(1.0, exchange_every=5)) is None  # a name the grid did not make
+    mixed = runs(1.0, exchange_every=5) + runs(1.0)
+    assert table_lib.base_group("ti p=1 +RE", mixed) is None
 
 
 def test_option_figures_absent_without_their_metrics(classifier_report):

@@ -20,9 +20,9 @@ from lebm_jax.study.report.figures import FIGURES, FigureData, draw_figures, fig
 from lebm_jax.study.report.load import Study, group_runs, load_study
 from lebm_jax.study.report.stats import (CONFIDENCE, PARTS, SPREAD_FACTOR, ProtocolCheck, QualityNames, Trend,
                                          chance_beyond, protocol_check, quality_names)
-from lebm_jax.study.report.table import (Column, differences_csv, ladder_markdown, rungs_csv, summary_columns,
-                                         summary_csv, summary_differences, summary_markdown, summary_rows,
-                                         swap_markdown)
+from lebm_jax.study.report.table import (Column, comparisons, differences_csv, ladder_markdown, rungs_csv,
+                                         summary_columns, summary_csv, summary_differences, summary_markdown,
+                                         summary_rows, swap_markdown)
 
 SUMMARY_CSV = "summary.csv"
 DIFFERENCES_CSV = "differences.csv"
@@ -92,14 +92,15 @@ def trend_sentence(distance: str, part: str, trend: Trend | None) -> str:
 
 
 def difference_sentences(rows: list[dict], columns: list[Column]) -> list[str]:
-    """Per group, which differences from the reference group are beyond the seed spread (with Δ ± SE), which
-    within it and which cannot be judged; then how many would be marked beyond by chance alone."""
-    reference, diffs = summary_differences(rows, columns)
-    if not diffs:
+    """Per compared pair (`table.comparisons`: each group against the reference group, each option group
+    against its fixed ladder), which differences are beyond the seed spread (with Δ ± SE), which within it
+    and which cannot be judged; then how many would be marked beyond by chance alone."""
+    pairs = comparisons(rows, columns)
+    if not pairs:
         return []
     headers = {c.stem: c.header for c in columns}
     lines, judged = [], 0
-    for group, by_stem in diffs.items():
+    for group, reference, by_stem in pairs:
         found = {v: [(headers[s], d) for s, d in by_stem.items() if d is not None and d.verdict == v]
                  for v in ("beyond", "within", "n/a")}
         judged += len(found["beyond"]) + len(found["within"])
@@ -202,7 +203,7 @@ def make_report(study_workdir: str, out_dir: str | None = None, *, machine=None,
     rows = summary_rows(groups, columns)
     table = summary_markdown(rows, columns)
     for key, name, text in [("summary_csv", SUMMARY_CSV, summary_csv(rows, columns)),
-                            ("differences_csv", DIFFERENCES_CSV, differences_csv(*summary_differences(rows, columns))),
+                            ("differences_csv", DIFFERENCES_CSV, differences_csv(comparisons(rows, columns))),
                             ("summary_md", SUMMARY_MD, table)]:
         written[key] = os.path.join(out_dir, name)
         with open(written[key], "w", newline="") as f:
@@ -337,8 +338,10 @@ def report_page(study: Study, data: FigureData, rows: list[dict], columns: list[
     differences = difference_sentences(rows, columns)
     if differences:
         lines += ["## Differences between groups", "",
-                  f"Final means against the reference group; beyond the seed spread: |Δ| > {SPREAD_FACTOR:g} "
-                  "standard errors of the difference, √(s₁²/n₁ + s₂²/n₂) over seeds.", ""] + differences + [""]
+                  "Final means against the reference group, and each replica-exchange or adaptive-ladder "
+                  f"group's against the fixed-ladder group it modifies; beyond the seed spread: "
+                  f"|Δ| > {SPREAD_FACTOR:g} standard errors of the difference, √(s₁²/n₁ + s₂²/n₂) over seeds.",
+                  ""] + differences + [""]
     also = ("[summary.csv](summary.csv), [differences.csv](differences.csv), [rungs.csv](rungs.csv) and "
             if "rungs_csv" in written else "[summary.csv](summary.csv), [differences.csv](differences.csv) and ")
     lines += ["## Summary", "", f"Also as {also}[summary.md](summary.md).", "", table]

@@ -1,7 +1,8 @@
 """The summary table: one row per group, each column a final metric as mean ± std over seeds (with the
 runs' own standard error where the metric logs one), as CSV (summary.csv) and Markdown (summary.md); and
-each group's differences from the reference group, marked as within or beyond the seed spread
-(differences.csv and a second Markdown table); and the final adapted ladders and swap acceptances of the
+each group's differences from the reference group, and each replica-exchange or adaptive-ladder group's from
+the fixed-ladder group it modifies, marked as within or beyond the seed spread (differences.csv and further
+Markdown tables); and the final adapted ladders and swap acceptances of the
 groups that logged them (rungs.csv and two Markdown tables for report.md). All depend only on the study's
 files (no timestamps).
 """
@@ -15,7 +16,7 @@ import math
 
 import numpy as np
 
-from lebm_jax.study.layout import number
+from lebm_jax.study.layout import number, ti_group
 from lebm_jax.study.report.load import Run
 from lebm_jax.study.report.stats import (SPREAD_FACTOR, Difference, IndexedCurves, QualityNames, Stat, closest_power,
                                          difference, final_stat, reference_group, wall_stat)
@@ -66,6 +67,7 @@ def summary_rows(groups: dict[str, list[Run]], columns: list[Column]) -> list[di
         batches = sorted({r.batch_size for r in runs if r.batch_size is not None})
         rows.append({
             "group": group,
+            "base": base_group(group, runs),
             "variant": "/".join(sorted({r.variant for r in runs})),
             "power": "/".join(number(p) for p in powers),
             "batch_size": "/".join(str(b) for b in batches),
@@ -76,6 +78,33 @@ def summary_rows(groups: dict[str, list[Run]], columns: list[Column]) -> list[di
             "wall": wall_stat(runs),
         })
     return rows
+
+
+def base_group(group: str, runs: list[Run]) -> str | None:
+    """The fixed-ladder group a replica-exchange or adaptive-ladder group modifies ("ti p=1 +RE" and
+    "ti adaptive (from p=1)" → "ti p=1", with the same " B=<b>" suffix); None for any other group, or when the
+    group's runs do not share one power and one option."""
+    kinds = {(r.power, r.exchange_every > 0, r.adapt_every > 0) for r in runs}
+    if len(kinds) != 1:
+        return None
+    power, exchange, adapt = kinds.pop()
+    if power is None or not (exchange or adapt):
+        return None
+    stem = ti_group(power, int(exchange), int(adapt))
+    return ti_group(power) + group[len(stem):] if group.startswith(stem) else None
+
+
+def option_differences(rows: list[dict], columns: list[Column]) -> dict[str, tuple[str, dict]]:
+    """{group: (its fixed-ladder group, {stem: Difference or None})} for each replica-exchange or
+    adaptive-ladder group whose fixed-ladder group is in the study: what the option changed from the same
+    starting power (`stats.difference`)."""
+    by_group = {row["group"]: row for row in rows}
+
+    def compare(row, base):
+        return {c.stem: difference(row["stats"][c.stem], base["stats"][c.stem]) for c in columns if c.compare}
+
+    return {row["group"]: (row["base"], compare(row, by_group[row["base"]]))
+            for row in rows if row["base"] in by_group}
 
 
 def summary_differences(rows: list[dict], columns: list[Column]) -> tuple[str | None, dict[str, dict]]:
@@ -109,14 +138,22 @@ def summary_csv(rows: list[dict], columns: list[Column]) -> str:
     return out.getvalue()
 
 
-def differences_csv(reference: str | None, diffs: dict[str, dict[str, Difference | None]]) -> str:
-    """CSV text, one line per group and compared column: group, reference, metric (the column's stem),
-    delta (group mean − reference mean), se (√(s1²/n1 + s2²/n2), empty with fewer than two seeds),
-    verdict (beyond, within or n/a). Columns a group or the reference did not log are left out."""
+def comparisons(rows: list[dict], columns: list[Column]) -> list[tuple[str, str, dict[str, Difference | None]]]:
+    """(group, reference, {stem: Difference or None}): every group against the reference group
+    (`summary_differences`), then each option group against its fixed ladder (`option_differences`)."""
+    reference, diffs = summary_differences(rows, columns)
+    pairs = [(group, reference, by_stem) for group, by_stem in diffs.items()]
+    return pairs + [(group, base, by_stem) for group, (base, by_stem) in option_differences(rows, columns).items()]
+
+
+def differences_csv(pairs: list[tuple[str, str, dict[str, Difference | None]]]) -> str:
+    """CSV text of `comparisons`, one line per compared pair and column: group, reference, metric (the
+    column's stem), delta (group mean − reference mean), se (√(s1²/n1 + s2²/n2), empty with fewer than two
+    seeds), verdict (beyond, within or n/a). Columns a group or its reference did not log are left out."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["group", "reference", "metric", "delta", "se", "verdict"])
-    for group, by_stem in diffs.items():
+    for group, reference, by_stem in pairs:
         for stem, d in by_stem.items():
             if d is not None:
                 writer.writerow([group, reference, stem, _g(d.delta), _g(d.se), d.verdict])
@@ -183,6 +220,16 @@ def summary_markdown(rows: list[dict], columns: list[Column]) -> str:
             "fewer than 2 seeds in a group, so no spread to compare with. A marker of size, not a significance "
             "test: with few seeds and many columns some differences pass it by chance (see report.md).",
         ]
+    options = option_differences(rows, columns)
+    if options:
+        header = ["group", "against"] + [c.header for c in compared]
+        lines += ["", "Differences of each replica-exchange or adaptive-ladder group from the fixed-ladder group it "
+                  "modifies (the same starting power):", "",
+                  "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+        for group, (base, by_stem) in options.items():
+            lines.append("| " + " | ".join([group, base] + [format_difference(by_stem[c.stem]) for c in compared])
+                         + " |")
+        lines += ["", "Group mean minus the fixed-ladder group's mean, with the same standard error and markers."]
     return "\n".join(lines) + "\n"
 
 
