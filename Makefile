@@ -39,7 +39,7 @@ lock:
 	mkdir -p $(dir $(LOCK)); mv "$$tmp/constraints.txt" $(LOCK)
 
 # The main job: the variance study on the digits bundled with scikit-learn (no download):
-# 10 training runs, then the report in runs/study/report/report.md.
+# 8 training runs, then the report in runs/study/report/report.md.
 run: $(STAMP)
 	$(PY) -m experiments.study --config configs/study_digits.py --workdir runs/study
 

@@ -1,7 +1,7 @@
 """The held-out log-likelihood protocol on trained digits models (`lebm_jax.measure.loglik`).
 
 Two digits models (vanilla and ti p = 1) are trained for 150 steps; the study's protocol settings
-(configs/study_digits.py) then score the same 32 test images for both. TI and AIS, computed from one sweep
+(configs/study_digits.py) then score the same 16 test images for both. TI and AIS, computed from one sweep
 but with different systematic errors, agree within 4 standard errors of their paired difference; the
 half-ladder check is small against the difference between the two models; the same protocol keys give
 the same numbers whichever run calls them; and the training estimators differ from the protocol the way

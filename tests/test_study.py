@@ -95,22 +95,21 @@ def test_grid_names_groups_and_overrides():
     grid = grid_lib.study_grid(c)
     names = [s.name for s in grid]
     assert names == ["vanilla_b50_s0", "vanilla_b50_s3", "vanilla_b25_s0", "vanilla_b25_s3",
-                     "ti_p0.3_b50_s0", "ti_p0.3_b50_s3", "ti_p1_b50_s0", "ti_p1_b50_s3",
-                     "ti_p1_re5_b50_s0", "ti_p1_re5_b50_s3", "ti_adapt_p1_b50_s0", "ti_adapt_p1_b50_s3"]
-    assert [s.group for s in grid[::2]] == ["vanilla", "vanilla B=25", "ti p=0.3", "ti p=1", "ti p=1 +RE",
+                     "ti_p1_b50_s0", "ti_p1_b50_s3", "ti_p1_re5_b50_s0", "ti_p1_re5_b50_s3", "ti_adapt_p1_b50_s0", "ti_adapt_p1_b50_s3"]
+    assert [s.group for s in grid[::2]] == ["vanilla", "vanilla B=25", "ti p=1", "ti p=1 +RE",
                                             "ti adaptive (from p=1)"]
-    config = grid_lib.run_config(c, grid[6])
+    config = grid_lib.run_config(c, grid[4])
     assert (config.variant, config.ti.power, config.ti.num_temps, config.seed, config.batch_size) == ("ti", 1.0, 10, 0, 50)
     assert (config.ti.exchange_every, config.ti.adapt_every) == (0, 0)
     # everything else is the study's training config
     assert config.model.to_dict() == c.train.model.to_dict() and config.num_steps == c.train.num_steps
     # replica exchange every 5 of the 20 posterior steps, and the adaptive ladder every 10 steps from p = 1
     assert c.train.posterior_chain.num_steps == 20
-    exchange, adaptive = grid_lib.run_config(c, grid[9]), grid_lib.run_config(c, grid[10])
-    assert grid[9].overrides() == {"variant": "ti", "seed": 3, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10,
+    exchange, adaptive = grid_lib.run_config(c, grid[7]), grid_lib.run_config(c, grid[8])
+    assert grid[7].overrides() == {"variant": "ti", "seed": 3, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10,
                                     "ti.exchange_every": 5, "ti.adapt_every": 0}
     assert (exchange.seed, exchange.ti.power, exchange.ti.exchange_every, exchange.ti.adapt_every) == (3, 1.0, 5, 0)
-    assert grid[10].overrides() == {"variant": "ti", "seed": 0, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10,
+    assert grid[8].overrides() == {"variant": "ti", "seed": 0, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10,
                                     "ti.exchange_every": 0, "ti.adapt_every": 10, "ti.adapt_decay": 0.9}
     assert (adaptive.ti.adapt_every, adaptive.ti.adapt_decay, adaptive.ti.exchange_every) == (10, 0.9, 0)
     # the full-scale grid: 55 runs as before and the two groups from p = 1, five seeds each
@@ -123,14 +122,13 @@ def test_study_config_from_before_the_options_gives_the_old_grid():
     new = load_config("study_digits")
     old = ml_collections.ConfigDict({k: v for k, v in new.items() if k not in grid_lib.OPTIONAL_FIELDS})
     grid = grid_lib.validate(old)
-    assert [s.name for s in grid] == ["vanilla_b50_s0", "vanilla_b50_s1", "ti_p0.3_b50_s0", "ti_p0.3_b50_s1",
-                                      "ti_p1_b50_s0", "ti_p1_b50_s1"]
-    assert [s.group for s in grid[::2]] == ["vanilla", "ti p=0.3", "ti p=1"]
+    assert [s.name for s in grid] == ["vanilla_b50_s0", "vanilla_b50_s1", "ti_p1_b50_s0", "ti_p1_b50_s1"]
+    assert [s.group for s in grid[::2]] == ["vanilla", "ti p=1"]
     # the overrides a run got before the options existed, so its checkpoints resume
-    assert grid[4].overrides() == {"variant": "ti", "seed": 0, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10}
+    assert grid[2].overrides() == {"variant": "ti", "seed": 0, "batch_size": 50, "ti.power": 1.0, "ti.num_temps": 10}
     assert grid[0].overrides() == {"variant": "vanilla", "seed": 0, "batch_size": 50}
-    # the new config's first 6 runs are the old grid, field for field
-    assert grid_lib.validate(new)[:6] == grid
+    # the new config's first 4 runs are the old grid, field for field
+    assert grid_lib.validate(new)[:4] == grid
     new.update_from_flattened_dict({"exchange_powers": (), "adaptive_powers": ()})
     assert grid_lib.validate(new) == grid
 
@@ -254,11 +252,11 @@ def param_bytes(params) -> bytes:
 def test_every_variant_of_a_seed_starts_from_the_same_parameters():
     c = load_config("study_digits")
     grid = grid_lib.validate(c)
-    assert {s.variant for s in grid} == {"vanilla", "ti"} and len(grid) == 10
+    assert {s.variant for s in grid} == {"vanilla", "ti"} and len(grid) == 8
     start = {}
     for spec in grid:
         start.setdefault(spec.seed, set()).add(param_bytes(initial_params(grid_lib.run_config(c, spec))))
-    # one initial state per seed, whatever the variant, ladder, exchange or adaptation: 5 runs each
+    # one initial state per seed, whatever the variant, ladder, exchange or adaptation: 4 runs each
     assert sorted(start) == [0, 1] and [len(v) for v in start.values()] == [1, 1]
     assert start[0] != start[1]
     assert len(next(iter(start[0]))) == 4 * sum(np.size(x) for x in jax.tree.leaves(
