@@ -336,3 +336,36 @@ def test_a_tiny_run_logs_what_the_report_reads(tmp_path):
     np.testing.assert_allclose(data.integrands["ti adaptive (from p=1) +RE"][0], ladders[-1], rtol=1e-12)
     paths = make_report(str(tmp_path))
     assert {"rung_placement", "swap_acceptance", "ti_schedule", "rungs_csv"} <= set(paths)
+
+
+def test_progress_expects_each_run_from_the_fastest_finished_one():
+    def spec(name, group, variant, num_temps=None):
+        return grid_lib.RunSpec(name, group, variant, 0, 50, 1.0 if num_temps else None, num_temps)
+
+    grid = [spec("v0", "vanilla", "vanilla"), spec("v1", "vanilla", "vanilla"),
+            spec("t0", "ti p=1", "ti", 10), spec("t1", "ti p=1", "ti", 10), spec("re0", "ti p=1 +RE", "ti", 10)]
+    steps = {s.name: 200 for s in grid} | {"re0": 100}
+    progress = study_lib.Progress(grid, steps)
+    assert [progress.expected(s) for s in grid] == [None] * 5
+    assert " ETA ?" in progress.line(set(), grid[0])
+    # the digits study's two vanilla runs as measured on 2 CPU cores: the first pays the compilations and the
+    # set-up (190.2 s, 30.8 s of it in training steps), the second 56.2 s (11.3 s)
+    progress.finished("v0", 190.2, 30.8)
+    progress.finished("v1", 56.2, 11.3)
+    assert progress.expected(grid[0]) == pytest.approx(56.2)
+    # a ti run of N = 10 rungs: the rest of the vanilla run as it was, its training time × (1 + 10)/2;
+    # 107.05 s here, against 105.4 s that the digits study's second ti p=1 run took
+    assert progress.expected(grid[2]) == pytest.approx(56.2 - 11.3 + 11.3 * 5.5)
+    assert progress.expected(grid[4]) == pytest.approx((56.2 - 11.3 + 11.3 * 5.5) / 2)  # half the steps
+    # once a ti run has finished: the group's fastest run, else the variant's, per step
+    progress.finished("t0", 150.0, 90.0)
+    assert progress.expected(grid[3]) == pytest.approx(150.0) and progress.expected(grid[4]) == pytest.approx(75.0)
+    progress.finished("re0", 40.0)
+    assert progress.expected(grid[4]) == pytest.approx(40.0) and progress.expected(grid[3]) == pytest.approx(150.0)
+    # expected left: t1 (150 s) of 56.2 + 56.2 + 150 + 150 + 40 s
+    line = progress.line({"v0", "v1", "t0", "re0"}, grid[3])
+    assert "ETA 0:02:30  now t1" in line and f"{100 * (1 - 150 / 452.4):3.0f}%" in line
+    # a vanilla run without a logged training time: the whole run scales
+    bare = study_lib.Progress(grid, steps)
+    bare.finished("v1", 56.2)
+    assert bare.expected(grid[2]) == pytest.approx(56.2 * 5.5)

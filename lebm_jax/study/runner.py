@@ -23,10 +23,11 @@ import ml_collections
 from lebm_jax.core.devices import host_value
 from lebm_jax.data.files import cache_dir, read_json, write_json
 from lebm_jax.study.grid import RunSpec, run_config, validate
-from lebm_jax.study.layout import (DONE_FILE, EVALUATION_CACHE_DIR, REPORT_DIR, RUNS_DIR, STUDY_FILE,
-                                   run_directory)
+from lebm_jax.study.layout import (DONE_FILE, EVALUATION_CACHE_DIR, METRICS_FILE, REPORT_DIR, RUNS_DIR,
+                                   STUDY_FILE, run_directory)
 from lebm_jax.study.report import make_report
 from lebm_jax.training.loop import train_and_evaluate
+from lebm_jax.training.writers import read_jsonl
 
 
 def is_done(run_dir: str) -> bool:
@@ -58,32 +59,40 @@ def _format_seconds(seconds: float) -> str:
 class Progress:
     """The study's progress bar: the finished share of the grid's expected time, with an ETA.
 
-    A run is expected to take as long as the finished runs of its group did this session, else those of
-    its variant, scaled by steps; a ti run with none of its variant finished yet counts as a vanilla run
-    times (1 + N)/2 (chains grow N-fold, the rest of a run does not). Until some run has finished the
-    ETA is unknown.
+    A run is expected to take as long per step as the fastest finished run of its group this session, else
+    of its variant (the fastest, because a group's first run also pays its compilations and the study's
+    one-off set-up). A ti run with no ti run finished yet is extrapolated from a vanilla run: the time outside
+    the training steps as it was, the training steps' time (time/train_seconds) times (1 + N)/2 (the ladder's
+    chains are N-fold, the prior chain is not); without a logged training time, the whole run times
+    (1 + N)/2. Until some run has finished the ETA is unknown.
     """
 
     def __init__(self, grid: list[RunSpec], steps: dict[str, int]):
         self.grid, self.steps = grid, steps
         self.seconds: dict[str, float] = {}  # runs finished this session: name -> wall seconds
+        self.train_seconds: dict[str, float] = {}  # the same runs' seconds in training steps, where logged
         self.start = time.time()
 
-    def _per_step(self, runs: list[RunSpec]) -> float | None:
+    def finished(self, name: str, seconds: float, train_seconds: float | None = None) -> None:
+        self.seconds[name] = seconds
+        if train_seconds is not None:
+            self.train_seconds[name] = min(train_seconds, seconds)
+
+    def _fastest(self, runs: list[RunSpec]) -> RunSpec | None:
         done = [r for r in runs if r.name in self.seconds]
-        if not done:
-            return None
-        return sum(self.seconds[r.name] for r in done) / sum(self.steps[r.name] for r in done)
+        return min(done, key=lambda r: self.seconds[r.name] / self.steps[r.name], default=None)
 
     def expected(self, spec: RunSpec) -> float | None:
         for same in (lambda r: r.group == spec.group, lambda r: r.variant == spec.variant):
-            rate = self._per_step([r for r in self.grid if same(r)])
-            if rate is not None:
-                return rate * self.steps[spec.name]
-        rate = self._per_step([r for r in self.grid if r.variant == "vanilla"])
-        if rate is not None and spec.variant == "ti":
-            return rate * self.steps[spec.name] * (1 + spec.num_temps) / 2
-        return None
+            run = self._fastest([r for r in self.grid if same(r)])
+            if run is not None:
+                return self.seconds[run.name] / self.steps[run.name] * self.steps[spec.name]
+        run = self._fastest([r for r in self.grid if r.variant == "vanilla"])
+        if run is None or spec.variant != "ti":
+            return None
+        factor = (1 + spec.num_temps) / 2
+        train = self.train_seconds.get(run.name, self.seconds[run.name])
+        return (self.seconds[run.name] - train + train * factor) / self.steps[run.name] * self.steps[spec.name]
 
     def line(self, done: set[str], current: RunSpec | None) -> str:
         expected = {s.name: self.expected(s) for s in self.grid}
@@ -156,7 +165,7 @@ def run_study(
             "final_step": final_step,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
-        progress.seconds[spec.name] = seconds
+        progress.finished(spec.name, seconds, _train_seconds(directory))
         done.add(spec.name)
         record["wall_seconds"] = float(previous.get("wall_seconds", 0.0)) + time.time() - session_start
         write_json(record_path, record)
@@ -165,6 +174,16 @@ def run_study(
         paths = make_report(workdir)
         log(f"report: {paths.get('report', os.path.join(workdir, REPORT_DIR))}")
     return record
+
+
+def _train_seconds(directory: str) -> float | None:
+    """The last time/train_seconds a run logged (its seconds in training steps), None when it logged none."""
+    path = os.path.join(directory, METRICS_FILE)
+    if not os.path.isfile(path):
+        return None
+    values = [row["time/train_seconds"] for row in read_jsonl(path)
+              if isinstance(row.get("time/train_seconds"), (int, float))]
+    return float(values[-1]) if values else None
 
 
 def _final_step(result, default: int) -> int:
